@@ -1,0 +1,54 @@
+# pico-llm course kit. Two commands on a fresh clone:  make run  |  make test
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch 2.13.0 is the version the kit is tested with; override e.g. TORCH="torch==2.13.0 --index-url ..."
+TORCH  ?= torch==2.13.0
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-unit test-notebooks test-browser lab bench clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (pico-llm kit)" >/dev/null
+	$(PY) -m picollm_helpers.tokenizer
+	touch $(STAMP)
+
+# The main job: execute the lessons in order (default profile: laptop, or $$PICOLLM_PROFILE),
+# writing the executed notebooks in place and their figures to figures/.
+run: $(STAMP)
+	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks in notebooks/ yet: nothing to run."; fi
+	@for nb in $(NOTEBOOKS); do \
+		echo "== $$nb (profile: $${PICOLLM_PROFILE:-laptop})"; \
+		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+	done
+
+test: test-unit test-notebooks
+
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+# The lessons under nbval in the smoke profile: every cell must run, and cells marked
+# NBVAL_CHECK_OUTPUT must reproduce their committed output.
+test-notebooks: $(STAMP)
+	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks to check yet."; else \
+		PICOLLM_PROFILE=smoke $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+			-o testpaths= $(NOTEBOOKS); fi
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) -m picollm_helpers.bench
+
+clean-cache:
+	rm -rf .cache outputs

@@ -1,0 +1,52 @@
+"""picollm_helpers: the small shared library behind the pico-llm course notebooks.
+
+Each concern lives in one module with the same name: `config`, `tokenizer`, `data`, `models/`,
+`sampling`, `training`, `plots`, `widgets`, `interp`, `cli`, `bench`. The names below are the ones
+the lessons use; they are imported on first use, so `import picollm_helpers` stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "RunConfig": "config",
+    "resolve_device": "config",
+    "get_tokenizer": "tokenizer",
+    "load_tinystories": "data",
+    "load_3seqs": "data",
+    "load_wiki": "data",
+    "load_text_files": "data",
+    "make_datasets": "data",
+    "LSTMSeqModel": "models",
+    "KGramMLPSeqModel": "models",
+    "TransformerModel": "models",
+    "build_model": "models",
+    "top_p_filter": "sampling",
+    "generate": "sampling",
+    "train": "training",
+    "evaluate": "training",
+    "History": "training",
+    "save_checkpoint": "training",
+    "load_checkpoint": "training",
+    "plot_history": "plots",
+    "plot_runs": "plots",
+    "plot_attention": "plots",
+    "TopPExplorer": "widgets",
+    "AttentionExplorer": "widgets",
+    "head_scores": "interp",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'picollm_helpers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

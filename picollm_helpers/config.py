@@ -1,0 +1,259 @@
+"""Run configuration: every knob of a pico-llm run in one validated dataclass, plus profiles.
+
+The field names are the pico-llm command-line flags, so a configuration reads the same in the
+report, on the command line (`python -m picollm_helpers --block_size 32 ...`) and in a notebook.
+
+Profiles scale the report's configurations to the machine at hand, chosen by `PICOLLM_PROFILE`:
+
+- ``smoke``:  seconds per run; what CI and nbval use.
+- ``laptop``: the default; minutes on a 2-core CPU, and each lesson's phenomenon still shows.
+- ``full``:   the report's own configurations, for a GPU.
+
+A notebook passes the report's values to `RunConfig.for_profile` and, where a lesson needs it,
+its own laptop/smoke adjustments; the printed config is what actually ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = ("smoke", "laptop", "full")
+POS_EMBS = ("none", "learned", "sinusoidal", "rope")
+KGRAM_INPUTS = ("embedding", "onehot")
+PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
+
+# Upper bounds each profile applies to the report's values before the lesson's own overrides.
+# `full` applies none: it is the report.
+PROFILE_CAPS: dict[str, dict[str, int]] = {
+    "smoke": dict(block_size=32, embed_size=32, n_blocks=2, n_heads=2, epochs=2,
+                  max_steps_per_epoch=4, batch_size=8, num_tinystories=400, num_wiki_lines=400,
+                  max_new_tokens=12),
+    "laptop": dict(block_size=128, embed_size=128, n_blocks=4, n_heads=4,
+                   max_steps_per_epoch=150, num_tinystories=20000, num_wiki_lines=30000),
+    "full": {},
+}
+
+
+def repo_root() -> Path:
+    """The kit's top folder (the one holding notebooks/, data/, figures/)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Where tokenized data and the tokenizer's files are cached: $PICOLLM_CACHE or <repo>/.cache."""
+    path = Path(os.environ.get("PICOLLM_CACHE") or repo_root() / ".cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir() -> Path:
+    path = Path(os.environ.get("PICOLLM_FIGURES") or repo_root() / "figures")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def current_profile() -> str:
+    """The profile named by $PICOLLM_PROFILE (default ``laptop``), validated."""
+    profile = os.environ.get("PICOLLM_PROFILE", "").strip() or "laptop"
+    if profile not in PROFILES:
+        raise ValueError(
+            f"PICOLLM_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)} "
+            f"(for example: export PICOLLM_PROFILE=laptop)."
+        )
+    return profile
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data
+    input_files: tuple[str, ...] = ()
+    tinystories_weight: float = 0.5
+    wiki_weight: float = 0.0
+    num_tinystories: int = 20000
+    num_wiki_lines: int = 30000
+    packed: bool = False
+    test_fraction: float = 0.1
+    block_size: int = 1024
+    # models
+    embed_size: int = 1024
+    kgram_k: int = 3
+    kgram_chunk_size: int = 1
+    kgram_input: str = "embedding"
+    num_inner_mlp_layers: int = 1
+    lstm_layers: int = 1
+    n_heads: int = 8
+    n_blocks: int = 6
+    pos_emb: str = ""  # "" -> "learned" if use_position_emb else "none"
+    use_position_emb: bool = False
+    use_post_norm: bool = False
+    dropout: float = 0.0
+    # training
+    epochs: int = 3
+    max_steps_per_epoch: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    compile: bool = False
+    loss_chunk_size: int = 0
+    # generation
+    prompt: str = "Once upon a"
+    max_new_tokens: int = 20
+    top_p_values: tuple[float, ...] = (0.2, 0.5, 0.75, 0.95, 1.0)
+    # run
+    device_id: str = "cuda:0"
+    output_dir: str = "outputs"
+    seed: int = 1337
+    profile: str = "laptop"
+
+    def __post_init__(self) -> None:
+        # Normalise list-ish inputs so configs compare and serialise the same way.
+        object.__setattr__(self, "input_files", tuple(str(p) for p in (self.input_files or ())))
+        object.__setattr__(self, "top_p_values", tuple(float(p) for p in self.top_p_values))
+        if self.pos_emb == "":
+            object.__setattr__(self, "pos_emb", "learned" if self.use_position_emb else "none")
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, fix: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r} is invalid: {fix}")
+
+        positive = ["block_size", "embed_size", "kgram_k", "num_tinystories", "num_wiki_lines",
+                    "n_heads", "n_blocks", "epochs", "batch_size", "lstm_layers"]
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise bad(name, "it must be a whole number >= 1.")
+        if self.block_size < 2:
+            raise bad("block_size", "a sequence needs at least 2 tokens (one input, one target); use >= 2.")
+        if self.num_inner_mlp_layers < 0:
+            raise bad("num_inner_mlp_layers", "use 0 or more.")
+        if self.kgram_chunk_size < 0:
+            raise bad("kgram_chunk_size", "use 0 or more (<= 1 means all positions at once).")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise bad("max_steps_per_epoch", "use a number >= 1, or None for a full pass over the data.")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise bad("test_fraction", "it is the share of examples held out; use a value in [0, 1).")
+        for name in ("tinystories_weight", "wiki_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "it is a probability of drawing from that source; use a value in [0, 1].")
+        if self.tinystories_weight + self.wiki_weight > 1.0 + 1e-9:
+            raise ValueError(
+                f"tinystories_weight + wiki_weight = {self.tinystories_weight + self.wiki_weight:g} > 1: "
+                "they are probabilities of one draw; make them sum to at most 1."
+            )
+        if self.tinystories_weight + self.wiki_weight < 1.0 - 1e-9 and not self.input_files:
+            raise ValueError(
+                f"tinystories_weight={self.tinystories_weight:g} and wiki_weight={self.wiki_weight:g} leave "
+                f"{1 - self.tinystories_weight - self.wiki_weight:g} of the draws to input_files, but none "
+                "are given: pass input_files (e.g. data/3seqs.txt) or raise the weights to sum to 1."
+            )
+        if self.embed_size % self.n_heads:
+            raise ValueError(
+                f"embed_size={self.embed_size} is not divisible by n_heads={self.n_heads}: "
+                "each head gets embed_size / n_heads dimensions; pick values that divide."
+            )
+        if self.pos_emb not in POS_EMBS:
+            raise bad("pos_emb", f"use one of {', '.join(POS_EMBS)}.")
+        if self.use_position_emb and self.pos_emb != "learned":
+            raise ValueError(
+                f"use_position_emb=True asks for learned positions but pos_emb={self.pos_emb!r}: "
+                "set only one of them."
+            )
+        if self.kgram_input not in KGRAM_INPUTS:
+            raise bad("kgram_input", f"use one of {', '.join(KGRAM_INPUTS)}.")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"use one of {', '.join(PRECISIONS)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"use one of {', '.join(LR_SCHEDULES)}.")
+        if not self.learning_rate > 0:
+            raise bad("learning_rate", "use a positive value such as 1e-3.")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.loss_chunk_size < 0:
+            raise ValueError("weight_decay, warmup_steps, grad_clip and loss_chunk_size must be >= 0 "
+                             f"(got {self.weight_decay}, {self.warmup_steps}, {self.grad_clip}, {self.loss_chunk_size}).")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "use a value in [0, 1).")
+        if self.max_new_tokens < 1:
+            raise bad("max_new_tokens", "use 1 or more.")
+        for p in self.top_p_values:
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"top_p_values contains {p}: top-p must lie in (0, 1].")
+        if self.profile not in PROFILES:
+            raise bad("profile", f"use one of {', '.join(PROFILES)}.")
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, *, laptop: dict | None = None,
+                    smoke: dict | None = None, **full) -> "RunConfig":
+        """The report's configuration (`full` keyword values), scaled to `profile`.
+
+        `profile` defaults to $PICOLLM_PROFILE (or ``laptop``). For ``laptop`` and ``smoke`` the
+        profile's caps (PROFILE_CAPS) are applied to the report's values, then the lesson's own
+        `laptop=`/`smoke=` overrides, which win.
+        """
+        profile = profile or current_profile()
+        if profile not in PROFILES:
+            raise ValueError(f"profile={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+        values = {**full}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, cap in PROFILE_CAPS[profile].items():
+            current = values.get(name, defaults[name])
+            values[name] = cap if current is None else min(current, cap)
+        values.update({"laptop": laptop, "smoke": smoke}.get(profile) or {})
+        values["profile"] = profile
+        return cls(**values)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with some fields changed, validated again."""
+        if "use_position_emb" in changes and "pos_emb" not in changes:
+            changes["pos_emb"] = ""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_files"] = list(self.input_files)
+        d["top_p_values"] = list(self.top_p_values)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys are the pico-llm flags in RunConfig.")
+        return cls(**d)
+
+    def summary(self) -> str:
+        """A compact one-field-per-line view for a notebook's configuration cell."""
+        width = max(len(f.name) for f in dataclasses.fields(self))
+        return "\n".join(f"{name:<{width}} : {value}" for name, value in self.to_dict().items())
+
+
+def resolve_device(device_id: str = "cuda:0", verbose: bool = True):
+    """The torch device to use: `device_id` if available, else cuda, then mps, then cpu (printed)."""
+    import torch
+
+    wanted = str(device_id)
+    if wanted.startswith("cuda") and torch.cuda.is_available():
+        index = int(wanted.split(":")[1]) if ":" in wanted else 0
+        device = torch.device(wanted if index < torch.cuda.device_count() else "cuda:0")
+    elif wanted == "mps" and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    elif wanted == "cpu":
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda:0")
+    elif torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    if verbose and str(device) != wanted:
+        print(f"Device: {wanted} is not available here; using {device}.")
+    return device

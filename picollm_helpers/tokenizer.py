@@ -1,0 +1,143 @@
+"""GPT-2's BPE tokenizer, identical ids to `tiktoken.get_encoding("gpt2")`, and usable offline.
+
+tiktoken downloads GPT-2's merge ranks on first use, which fails with no network. The same ranks,
+in tiktoken's own file format, ship inside the source distribution of `openai-whisper==20250625`
+on PyPI (`whisper/assets/gpt2.tiktoken`). So the ranks come from, in order:
+
+1. the kit's cached ranks file (`<cache>/tokenizer/gpt2.tiktoken`, written by `make setup`);
+2. tiktoken's own download, when its host answers within a couple of seconds;
+3. that sdist fetched with pip (no dependencies, sha256 checked), extracted into the cache;
+4. otherwise one error that names the fixes.
+
+Each source is tried with a bounded time, so a dead network costs seconds, never a hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import tiktoken
+
+from .config import cache_dir
+
+EOT_ID = 50256
+VOCAB_SIZE = 50257
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+WHISPER_SDIST = "openai-whisper==20250625"
+# GPT-2's pre-tokenisation split pattern (the one tiktoken's "gpt2" encoding uses).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
+
+
+def ranks_path() -> Path:
+    return cache_dir() / "tokenizer" / "gpt2.tiktoken"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_ranks(data: bytes) -> None:
+    """Store verified ranks atomically, so a crash never leaves a half-written cache file."""
+    path = ranks_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _ranks_from_tiktoken() -> bytes | None:
+    """GPT-2's ranks through tiktoken's own download, re-encoded in the .tiktoken file format."""
+    if not _host_reachable(TIKTOKEN_HOST):
+        return None
+    try:
+        enc = tiktoken.get_encoding("gpt2")
+    except Exception:
+        return None
+    ranks = enc._mergeable_ranks  # bytes -> rank, the same table the file stores
+    lines = (f"{base64.b64encode(tok).decode()} {rank}" for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ranks_from_pypi(timeout: float = 180.0) -> bytes | None:
+    """Fetch the openai-whisper sdist with pip (no dependencies) and pull out gpt2.tiktoken."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               "--dest", tmp, WHISPER_SDIST]
+        try:
+            subprocess.run(cmd, check=True, timeout=timeout, capture_output=True)
+        except (subprocess.SubprocessError, OSError):
+            return None
+        for sdist in Path(tmp).glob("openai_whisper-*.tar.gz"):
+            with tarfile.open(sdist) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith("whisper/assets/gpt2.tiktoken"):
+                        return tar.extractfile(member).read()
+    return None
+
+
+def ensure_ranks(verbose: bool = True) -> Path:
+    """Make sure the verified GPT-2 ranks file is in the cache; return its path."""
+    path = ranks_path()
+    if path.exists() and _sha256(path.read_bytes()) == GPT2_RANKS_SHA256:
+        return path
+    for source, fetch in (("tiktoken's download", _ranks_from_tiktoken), (f"PyPI ({WHISPER_SDIST} sdist)", _ranks_from_pypi)):
+        data = fetch()
+        if data is not None and _sha256(data) == GPT2_RANKS_SHA256:
+            _write_ranks(data)
+            if verbose:
+                print(f"Tokenizer: GPT-2 ranks fetched from {source} into {path}")
+            return path
+    raise RuntimeError(
+        "Could not get GPT-2's BPE ranks: no cached file at "
+        f"{path}, tiktoken's host is unreachable and `pip download {WHISPER_SDIST}` failed. Fixes: run "
+        "`make setup` once with access to PyPI; or copy a gpt2.tiktoken file (sha256 "
+        f"{GPT2_RANKS_SHA256[:12]}...) to {path}; or set PICOLLM_CACHE to a folder that has tokenizer/gpt2.tiktoken."
+    )
+
+
+def _load_ranks(path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for line in path.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@functools.lru_cache(maxsize=1)
+def get_tokenizer(verbose: bool = False) -> tiktoken.Encoding:
+    """GPT-2's tokenizer as a `tiktoken.Encoding` (vocab 50257, <|endoftext|> = 50256)."""
+    path = ensure_ranks(verbose=verbose)
+    enc = tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=_load_ranks(path),
+        special_tokens={"<|endoftext|>": EOT_ID},
+        explicit_n_vocab=VOCAB_SIZE,
+    )
+    if verbose:
+        print(f"Tokenizer: GPT-2 BPE from {path} (vocab {enc.n_vocab})")
+    return enc
+
+
+if __name__ == "__main__":  # `python -m picollm_helpers.tokenizer`: prefetch the ranks (used by setup)
+    tok = get_tokenizer(verbose=True)
+    assert tok.encode("Hello world") == [15496, 995]

@@ -1,0 +1,78 @@
+import pytest
+
+from picollm_helpers.config import PROFILE_CAPS, RunConfig, current_profile, resolve_device
+
+
+def test_defaults_validate_and_resolve_pos_emb():
+    cfg = RunConfig(tinystories_weight=1.0)
+    assert cfg.pos_emb == "none"
+    assert RunConfig(tinystories_weight=1.0, use_position_emb=True).pos_emb == "learned"
+    assert RunConfig(tinystories_weight=1.0, pos_emb="rope").pos_emb == "rope"
+
+
+@pytest.mark.parametrize(
+    "changes, word",
+    [
+        (dict(block_size=1), "block_size"),
+        (dict(test_fraction=1.0), "test_fraction"),
+        (dict(test_fraction=-0.1), "test_fraction"),
+        (dict(tinystories_weight=-0.5), "tinystories_weight"),
+        (dict(tinystories_weight=0.7, wiki_weight=0.7), "sum"),
+        (dict(tinystories_weight=0.0), "input_files"),
+        (dict(embed_size=30, n_heads=8), "divisible"),
+        (dict(pos_emb="alibi"), "pos_emb"),
+        (dict(use_position_emb=True, pos_emb="rope"), "use_position_emb"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(kgram_input="bag"), "kgram_input"),
+        (dict(top_p_values=(0.5, 1.5)), "top-p"),
+        (dict(profile="huge"), "profile"),
+    ],
+)
+def test_bad_values_raise_one_clear_error(changes, word):
+    base = dict(tinystories_weight=1.0)
+    with pytest.raises(ValueError, match=word):
+        RunConfig(**{**base, **changes})
+
+
+def test_for_profile_scales_report_values():
+    report = dict(tinystories_weight=1.0, block_size=512, embed_size=512, n_heads=8, n_blocks=6,
+                  max_steps_per_epoch=750, epochs=10)
+    full = RunConfig.for_profile("full", **report)
+    assert (full.block_size, full.embed_size, full.max_steps_per_epoch) == (512, 512, 750)
+    laptop = RunConfig.for_profile("laptop", **report)
+    caps = PROFILE_CAPS["laptop"]
+    assert laptop.block_size == caps["block_size"] and laptop.embed_size == caps["embed_size"]
+    assert laptop.epochs == 10 and laptop.profile == "laptop"
+    smoke = RunConfig.for_profile("smoke", laptop=dict(epochs=5), smoke=dict(batch_size=4), **report)
+    assert smoke.batch_size == 4 and smoke.epochs == PROFILE_CAPS["smoke"]["epochs"]
+    assert smoke.embed_size % smoke.n_heads == 0
+    # A cap never raises a smaller report value.
+    assert RunConfig.for_profile("laptop", tinystories_weight=1.0, block_size=32).block_size == 32
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("PICOLLM_PROFILE", "smoke")
+    assert current_profile() == "smoke"
+    assert RunConfig.for_profile(tinystories_weight=1.0).profile == "smoke"
+    monkeypatch.setenv("PICOLLM_PROFILE", "gigantic")
+    with pytest.raises(ValueError, match="PICOLLM_PROFILE='gigantic'"):
+        current_profile()
+    monkeypatch.delenv("PICOLLM_PROFILE")
+    assert current_profile() == "laptop"
+
+
+def test_dict_round_trip_and_replace():
+    cfg = RunConfig(input_files=["data/3seqs.txt"], tinystories_weight=0.0, use_position_emb=True)
+    again = RunConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert cfg.replace(use_position_emb=False).pos_emb == "none"
+    with pytest.raises(ValueError, match="unknown config keys"):
+        RunConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_device_fallback_is_printed(capsys):
+    device = resolve_device("cuda:3")
+    out = capsys.readouterr().out
+    if device.type == "cpu":
+        assert "not available" in out and "cpu" in out
+    assert resolve_device("cpu").type == "cpu"
