@@ -1,6 +1,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from picollm_helpers import tokenizer as tk
 
@@ -45,3 +46,18 @@ def test_falls_back_to_pypi_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(tk, "_ranks_from_pypi", lambda: real)
     path = tk.ensure_ranks(verbose=False)
     assert path == tmp_path / "tokenizer" / "gpt2.tiktoken" and path.read_bytes() == real
+
+
+def test_compact_tokenizer_round_trips_and_maps_unknown_tokens():
+    base = tk.get_tokenizer()
+    corpus = "Once upon a time, there was a little girl named Lily. She loved to play."
+    compact = tk.CompactTokenizer(base, base.encode(corpus))
+    assert compact.n_vocab == len(set(base.encode(corpus)) | {50256}) + 1
+    ids = compact.encode(corpus)
+    assert max(ids) < compact.unk_token and compact.decode(ids) == corpus
+    assert compact.decode([compact.eot_token]) == "<|endoftext|>"
+    # Mapped densely and in GPT-2 order, so ids are stable for a given corpus.
+    assert compact.to_base[torch.tensor(ids)].tolist() == base.encode(corpus)
+    odd = compact.encode("Once upon a zeppelin.")
+    assert compact.unk_token in odd
+    assert compact.decode(odd).startswith("Once upon a") and compact.UNK in compact.decode(odd)
