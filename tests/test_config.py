@@ -76,3 +76,10 @@ def test_device_fallback_is_printed(capsys):
     if device.type == "cpu":
         assert "not available" in out and "cpu" in out
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_profiles_choose_compact_vocab_unless_told():
+    assert RunConfig.for_profile("laptop", tinystories_weight=1.0).compact_vocab is True
+    assert RunConfig.for_profile("full", tinystories_weight=1.0).compact_vocab is False
+    assert RunConfig.for_profile("laptop", laptop=dict(compact_vocab=False), tinystories_weight=1.0).compact_vocab is False
+    assert RunConfig(tinystories_weight=1.0).compact_vocab is False
