@@ -115,3 +115,8 @@ def top_attended(pattern: torch.Tensor, tokens: list[str], k: int = 3) -> list[l
         top = row.topk(min(k, q + 1))
         out.append([(tokens[int(i)], float(w)) for w, i in zip(top.values, top.indices)])
     return out
+
+
+def token_labels(tokenizer, ids) -> list[str]:
+    """One readable label per token id, for heatmap axes: spaces shown as '␣', newlines as '\\n'."""
+    return [tokenizer.decode([int(i)]).replace(" ", "␣").replace("\n", "\\n") for i in ids]

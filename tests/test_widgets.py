@@ -1,0 +1,66 @@
+"""The explorers' logic, driven by setting control values as a student's clicks would."""
+import pytest
+import torch
+
+from picollm_helpers.models import TransformerModel
+from picollm_helpers.tokenizer import get_tokenizer
+from picollm_helpers.widgets import AttentionExplorer, TopPExplorer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = TransformerModel(vocab_size=50257, embed_size=16, n_heads=2, n_blocks=2, block_size=32, pos_emb="learned")
+    with torch.no_grad():  # a peaked next-token distribution, so different p keep different sets
+        m.lm_head.weight.mul_(40)
+    return m.eval()
+
+
+def test_top_p_explorer_follows_its_controls(model):
+    tok = get_tokenizer()
+    ex = TopPExplorer(model, tok, "Once upon a", top_p=0.1, max_new_tokens=8)
+    assert ex.error is None and len(ex.nucleus) >= 1
+    assert sum(q for _, q in ex.nucleus) == pytest.approx(1.0, abs=1e-4)
+    small, first_sample = len(ex.nucleus), ex.sample_text
+    assert first_sample.startswith("Once upon a") and len(first_sample) > len("Once upon a")
+    ex.p.value = 0.9
+    assert len(ex.nucleus) > small
+    assert ex.nucleus_mass >= 0.9 - 1e-6
+    ex.p.value = 1.0
+    assert ex.nucleus_mass == pytest.approx(1.0, abs=1e-4)
+    ex.prompt.value = "The dog"
+    assert ex.sample_text.startswith("The dog")
+    before = ex.sample_text
+    ex.button.click()
+    assert ex.seed.value == 1 and ex.sample_text != before
+    ex.top_k.value = 3
+    assert len(ex.nucleus) <= 3
+
+
+def test_top_p_explorer_shows_errors_in_its_output(model):
+    ex = TopPExplorer(model, get_tokenizer(), "Once upon a", max_new_tokens=4)
+    ex.prompt.value = ""
+    assert ex.error is not None and "empty" in ex.error
+    assert ex.nucleus == [] and ex.sample_text == ""
+    shown = [o for o in ex.out.outputs if "text/html" in o.get("data", {})]
+    assert shown and "empty" in shown[-1]["data"]["text/html"]
+    ex.prompt.value = "Hello"
+    assert ex.error is None and ex.nucleus
+
+
+def test_attention_explorer_switches_layer_and_head(model):
+    tok = get_tokenizer()
+    prompt = "Once upon a time, there was a little girl named Lily."
+    ex = AttentionExplorer(model, tok, prompt)
+    n = len(tok.encode(prompt))
+    assert ex.pattern.shape == (n, n) and len(ex.top) == n
+    assert torch.allclose(ex.pattern.sum(-1), torch.ones(n), atol=1e-5)
+    first = ex.pattern.clone()
+    ex.head.value = 1
+    assert not torch.allclose(ex.pattern, first)
+    ex.layer.value = 1
+    assert not torch.allclose(ex.pattern, first)
+    ex.prompt.value = ""
+    assert ex.error and "empty" in ex.error and ex.pattern is None
+    ex.prompt.value = "word " * 40
+    assert "context" in ex.error
