@@ -157,11 +157,10 @@ class RunConfig:
                 f"tinystories_weight + wiki_weight = {self.tinystories_weight + self.wiki_weight:g} > 1: "
                 "they are probabilities of one draw; make them sum to at most 1."
             )
-        if self.tinystories_weight + self.wiki_weight < 1.0 - 1e-9 and not self.input_files:
+        if self.tinystories_weight + self.wiki_weight == 0 and not self.input_files:
             raise ValueError(
-                f"tinystories_weight={self.tinystories_weight:g} and wiki_weight={self.wiki_weight:g} leave "
-                f"{1 - self.tinystories_weight - self.wiki_weight:g} of the draws to input_files, but none "
-                "are given: pass input_files (e.g. data/3seqs.txt) or raise the weights to sum to 1."
+                "tinystories_weight = wiki_weight = 0 and no input_files: there is nothing to train on; "
+                "pass input_files (e.g. data/3seqs.txt) or set tinystories_weight=1.0."
             )
         if self.embed_size % self.n_heads:
             raise ValueError(

@@ -18,7 +18,7 @@ def test_defaults_validate_and_resolve_pos_emb():
         (dict(test_fraction=-0.1), "test_fraction"),
         (dict(tinystories_weight=-0.5), "tinystories_weight"),
         (dict(tinystories_weight=0.7, wiki_weight=0.7), "sum"),
-        (dict(tinystories_weight=0.0), "input_files"),
+        (dict(tinystories_weight=0.0), "nothing to train on"),
         (dict(embed_size=30, n_heads=8), "divisible"),
         (dict(pos_emb="alibi"), "pos_emb"),
         (dict(use_position_emb=True, pos_emb="rope"), "use_position_emb"),

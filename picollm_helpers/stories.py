@@ -1,0 +1,1251 @@
+"""A deterministic, offline generator of short children's stories in the TinyStories style.
+
+This is a *synthetic* stand-in for the TinyStories dataset (roneneldan/TinyStories), used when
+the Hugging Face hub cannot be reached. Stories are composed from word tables and sentence
+templates: an opening that introduces a hero, one of several story arcs (a lost toy, a new
+friend, a fear overcome, sharing, a trip, a storm, baking, a race, ...), a resolution and a
+moral. The combinatorial variety (thousands of names, objects, places and sentence variants)
+gives a language model enough to learn for thousands of steps, while the simple grammar keeps
+the lessons readable.
+
+    >>> from picollm_helpers.stories import generate_stories
+    >>> generate_stories(2)[0][:40]
+    'Once upon a time, there was a ...'  # doctest: +SKIP
+
+Story i depends only on (i, seed), never on n: generate_stories(100) is a prefix of
+generate_stories(20_000).
+"""
+
+from __future__ import annotations
+
+import random
+
+# Bump when the templates change, so on-disk caches of the corpus are rebuilt.
+GENERATOR_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------
+# Word tables
+
+GIRL_NAMES = """Lily Sue Mia Amy Lucy Emma Anna Sara Zoe Ella Ruby Rosie Daisy Molly Kate Jane Lena
+Nora Ivy Grace Chloe Sophie Maya Bella Hannah Olivia Ava Leah Julia Clara Alice Ellie Poppy Hazel
+Luna Stella Nina Tina Kim Jenny Beth Megan Abby Emily Fiona Greta Heidi Iris Jade Kira Layla Maria
+Naomi Paula Rita Sally Tara Vera Wendy Zara Amelia Isla Eva Lola Millie Penny Holly June Rose Pearl
+Gwen Susie Carla Dora Edith Freya Gina Lisa Mona Nell Olga Polly Rhea Tilly""".split()
+
+BOY_NAMES = """Tim Ben Tom Max Sam Jack Leo Joe Bob Dan Jake Luke Noah Finn Alex Adam Eli Owen Ryan
+Theo Oscar Henry Oliver Lucas Mark Paul Peter Nick Jim Kevin Billy Timmy Johnny Danny Eddie Freddie
+George Harry Ian Jason Kyle Liam Mike Ned Ollie Pete Ray Ricky Ted Will Zack Andy Carl Dave Evan
+Frank Gus Hugo Ivan Jonah Kai Milo Nate Otto Seth Toby Victor Wes Arlo Ezra Felix Jasper Louis
+Miles Ruben Simon Bruno Caleb Dylan Elliot Hank Marco Rory""".split()
+
+PET_NAMES = """Pip Buddy Spot Fluffy Whiskers Coco Bubbles Patch Sunny Biscuit Pepper Ginger Snowy Tiny
+Bun Bingo Rusty Shadow Mittens Nibbles Squeaky Hoppy Fuzzy Pebble Honey Cookie Sparky Ziggy Toffee
+Maple Pumpkin Waffles Peanut Muffin Button Noodle Bean Clover Pickles Socks Marble Acorn Puddle
+Jelly Sprout Twinkle Dusty Fudge Olive Bubba Boots Pogo Nutmeg Crumbs Berry""".split()
+
+# (animal, the sound it makes, how it moves)
+ANIMALS = [
+    ("cat", "meow", "padded"), ("dog", "woof", "ran"), ("puppy", "yip", "bounced"),
+    ("kitten", "mew", "scampered"), ("bunny", "squeak", "hopped"), ("rabbit", "squeak", "hopped"),
+    ("bird", "tweet", "flew"), ("duck", "quack", "waddled"), ("frog", "ribbit", "jumped"),
+    ("mouse", "squeak", "scurried"), ("bear", "growl", "lumbered"), ("fox", "yip", "trotted"),
+    ("owl", "hoot", "flew"), ("squirrel", "chatter", "scampered"), ("pig", "oink", "trotted"),
+    ("cow", "moo", "walked"), ("horse", "neigh", "galloped"), ("sheep", "baa", "trotted"),
+    ("lamb", "baa", "skipped"), ("goat", "maa", "climbed"), ("chicken", "cluck", "pecked"),
+    ("turtle", "hum", "crawled"), ("fish", "blub", "swam"), ("lion", "roar", "strolled"),
+    ("tiger", "roar", "prowled"), ("elephant", "toot", "stomped"), ("monkey", "ooh", "swung"),
+    ("giraffe", "hum", "walked"), ("zebra", "neigh", "galloped"), ("deer", "snort", "leaped"),
+    ("hedgehog", "sniff", "shuffled"), ("raccoon", "chirp", "sneaked"), ("beaver", "slap", "swam"),
+    ("penguin", "honk", "waddled"), ("seal", "bark", "slid"), ("dolphin", "click", "swam"),
+    ("butterfly", "hum", "fluttered"), ("bee", "buzz", "buzzed"), ("ladybug", "hum", "crawled"),
+    ("snail", "hum", "crept"), ("ant", "hum", "marched"), ("crab", "click", "scuttled"),
+    ("parrot", "squawk", "flew"), ("pony", "neigh", "trotted"), ("donkey", "hee-haw", "trotted"),
+    ("goose", "honk", "waddled"), ("swan", "honk", "glided"), ("kangaroo", "thump", "bounced"),
+    ("koala", "grunt", "climbed"), ("panda", "grunt", "rolled"), ("dragon", "roar", "flew"),
+    ("dinosaur", "roar", "stomped"), ("unicorn", "neigh", "pranced"), ("robin", "tweet", "flew"),
+    ("bat", "squeak", "flapped"), ("otter", "squeak", "swam"), ("mole", "sniff", "dug"),
+    ("worm", "hum", "wiggled"), ("spider", "hum", "crawled"), ("whale", "whoosh", "swam"),
+]
+
+HERO_ADJS = """little happy kind curious brave shy silly smart cheerful playful clever gentle friendly
+sleepy bouncy quiet tiny helpful funny busy young sweet proud lively jolly careful""".split()
+
+ANIMAL_ADJS = """little small fluffy fuzzy soft big brown white gray spotted striped tiny young
+friendly happy curious old shy clever silly hungry sleepy speedy chubby wise""".split()
+
+COLORS = "red blue green yellow pink purple orange white black brown gold silver".split()
+
+OBJECT_ADJS = """big small shiny soft old new pretty special little bright fuzzy round tiny smooth
+sparkly magic wooden striped spotted fancy""".split()
+
+# Things a hero can own, lose, share or break.
+OBJECTS = """ball kite doll bear car train boat robot puzzle book crayon drum whistle balloon hat
+scarf shoe sock blanket pillow cup spoon bucket shovel ring necklace bracelet button key box bag
+basket jar bell marble rock shell feather umbrella bike scooter wagon sled truck plane rocket crown
+wand clock lamp map coin sticker ribbon bow pencil brush mirror watch backpack jacket mitten boot
+glove puppet flute guitar trumpet camera compass bottle gem ticket letter card picture drawing
+comb teapot lantern yo-yo dinosaur unicorn horn tambourine harmonica xylophone kazoo pinwheel
+telescope magnet flashlight notebook tiara sword shield cape mask slipper sweater hairbrush
+seashell pinecone crystal sailboat submarine helicopter tractor firetruck bulldozer marionette
+""".split() + ["snow globe", "music box", "piggy bank", "rubber duck", "toy horse", "hula hoop",
+               "jump rope", "pirate hat", "teddy bear", "toy car", "paper airplane"]
+
+PLACES = """park garden forest beach lake river pond farm zoo school library playground market
+bakery castle meadow hill cave island jungle field backyard attic barn town village museum circus
+fair pool woods orchard valley harbor camp mountain shore swamp station aquarium greenhouse
+lighthouse creek waterfall cottage palace theater airport bookstore""".split() + [
+    "toy store", "candy shop", "ice rink", "pumpkin patch", "sunflower field", "train station",
+    "fire station", "duck pond", "apple farm", "bus stop"]
+
+PLACE_ADJS = """big quiet sunny green busy old little pretty noisy shady windy sleepy bright
+peaceful colorful huge""".split()
+
+# Where a lost thing turns up.
+HIDING_SPOTS = [
+    "under the bed", "behind the couch", "in the toy box", "under a big leaf", "in the tall grass",
+    "next to the pond", "inside {his} boot", "under the slide", "in the sandbox", "behind a tree",
+    "in the dog's bed", "in the laundry basket", "under the table", "in {his} own pocket",
+    "on top of the shelf", "in the flower bed", "by the fence", "in a bird's nest",
+    "under a pile of leaves", "behind the door", "in the kitchen sink", "inside a flower pot",
+    "under the stairs", "in the car", "on the windowsill", "in the mailbox", "under the swing",
+    "inside a hollow log", "in the rain boots", "behind the curtains", "in the cookie jar",
+]
+
+TREATS = """cookies cupcakes muffins pancakes apples bananas berries carrots sandwiches pies tarts
+biscuits waffles donuts pretzels grapes cherries peaches plums pears oranges strawberries
+blueberries nuts cakes candies crackers lollipops""".split()
+
+BAKES = ["a cake", "cookies", "bread", "a pie", "muffins", "cupcakes", "a pizza", "buns",
+         "pancakes", "a loaf of banana bread", "lemon bars", "a cherry tart", "oatmeal cookies",
+         "a carrot cake", "ginger snaps", "a berry pie"]
+
+INGREDIENTS = ["flour", "sugar", "eggs", "butter", "milk", "honey", "salt", "cinnamon",
+               "chocolate chips", "raisins", "oats", "vanilla", "lemon juice", "nuts", "jam"]
+
+ACTIVITIES = [
+    "play with {his} blocks", "run in the grass", "jump in puddles", "draw pictures",
+    "sing songs", "read books", "dance", "swim", "climb trees", "ride {his} bike",
+    "build sandcastles", "pick flowers", "chase butterflies", "look at the stars", "paint",
+    "play hide and seek", "fly {his} kite", "splash in the water", "dig in the dirt",
+    "listen to stories", "play games", "skip rope", "roll down the hill", "watch the clouds",
+    "collect shells", "feed the ducks", "count the birds", "make mud pies", "blow bubbles",
+    "play tag", "hum little tunes", "build forts with pillows", "look for bugs", "bounce {his} ball",
+    "play dress up", "make paper boats", "jump rope", "swing on the swings", "play the drums",
+    "stack cups", "splash in the bath", "play in the snow", "throw sticks", "roll in the leaves",
+]
+
+PARENTS = [("mom", "she"), ("dad", "he"), ("grandma", "she"), ("grandpa", "he"),
+           ("aunt", "she"), ("uncle", "he"), ("big sister", "she"), ("big brother", "he"),
+           ("mommy", "she"), ("daddy", "he"), ("nana", "she"), ("papa", "he")]
+
+TIMES = ["morning", "afternoon", "evening", "day"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+WEATHER = ["sunny", "warm", "bright", "windy", "cool", "cloudy", "lovely", "hot", "crisp",
+           "beautiful", "quiet", "breezy", "foggy", "chilly"]
+SEASONS = ["spring", "summer", "fall", "winter"]
+
+SCENERY = [
+    "The sun was shining, and the birds were singing.",
+    "The leaves on the trees were red, orange and yellow.",
+    "Snow covered the ground like a soft white blanket.",
+    "The grass was wet with dew and sparkled in the light.",
+    "Fluffy white clouds drifted across the blue sky.",
+    "The air smelled like flowers and fresh bread.",
+    "A gentle breeze made the tall grass wave.",
+    "Bees buzzed from flower to flower.",
+    "Frogs croaked by the water, and crickets chirped.",
+    "The puddles shone like little mirrors.",
+    "Icicles hung from the roof, and the windows were frosty.",
+    "Everything was calm and peaceful.",
+    "Children were laughing and playing everywhere.",
+    "The streets were busy with people and wagons.",
+    "Pink blossoms floated down from the cherry trees.",
+    "The moon was round and bright, and the stars twinkled.",
+    "Squirrels gathered acorns for the cold months ahead.",
+    "The river sparkled as it rushed over the stones.",
+    "The wind whistled through the branches.",
+    "Ducks paddled in the pond, and a heron stood very still.",
+    "The smell of warm pancakes drifted from the kitchen.",
+    "Rain tapped softly on the window.",
+    "Butterflies danced over the meadow.",
+    "The hills were covered with purple and yellow wildflowers.",
+]
+
+HAPPY = ["happy", "glad", "excited", "proud", "joyful", "thankful", "cheerful", "delighted",
+         "grateful", "pleased"]
+SAD = ["sad", "upset", "worried", "unhappy", "lonely", "gloomy", "miserable", "grumpy"]
+# All of these take "of": "scared of the dark".
+SCARED = ["scared", "afraid", "frightened", "terrified", "scared", "afraid"]
+
+# Speech verbs that fit a statement or an exclamation (questions use "asked").
+SAID = ["said", "shouted", "cried", "called", "exclaimed", "yelled", "said", "said"]
+
+# Things to be afraid of: (noun phrase, what doing it looks like, where it is)
+FEARS = [
+    ("the dark", "sleep with the light off", "in {his} room"),
+    ("the big slide", "go down the big slide", "at the playground"),
+    ("deep water", "swim in the lake", "at the lake"),
+    ("thunder", "stay in bed during the storm", "at home"),
+    ("the tall tree", "climb the tall tree", "in the backyard"),
+    ("the new school", "walk into the new school", "at school"),
+    ("the old bridge", "cross the old bridge", "over the river"),
+    ("the big waves", "jump over the waves", "at the beach"),
+    ("riding a bike", "ride a bike without help", "on the street"),
+    ("the doctor", "visit the doctor", "in town"),
+    ("the high diving board", "jump off the diving board", "at the pool"),
+    ("the noisy vacuum", "stay in the room with the vacuum", "at home"),
+    ("the big horse", "ride the big horse", "on the farm"),
+    ("singing on stage", "sing in front of everyone", "at the school show"),
+    ("the shadow on the wall", "look at the shadow", "in {his} room"),
+]
+
+# Someone who needs help: (who, what is wrong, how the hero helps, thanks)
+TROUBLES = [
+    ("a little bird", "had a hurt wing", "made a soft bed of grass for it", "chirped a happy song"),
+    ("an old lady", "had too many heavy bags", "carried the bags to her door",
+     "gave {him} a warm cookie"),
+    ("a small kitten", "was stuck high up in a tree", "ran to get a ladder with {his} {parent}",
+     "purred and rubbed against {his} leg"),
+    ("a baby duck", "could not find its mother", "led it back to the pond",
+     "quacked and swam to its mother"),
+    ("a tiny ant", "could not carry a big crumb", "pushed the crumb all the way to the ant hill",
+     "waved its tiny legs"),
+    ("an old man", "had dropped his glasses in the grass", "looked in the grass until {he} found them",
+     "smiled and said thank you"),
+    ("a puppy", "was shivering in the rain", "wrapped it in {his} jacket",
+     "licked {his} face"),
+    ("a little boy", "had fallen off his bike", "helped him up and found a bandage",
+     "gave {him} a big hug"),
+    ("a turtle", "was stuck on its back", "gently turned it over",
+     "slowly nodded its head"),
+    ("a squirrel", "could not reach its nuts", "put the nuts on a low branch",
+     "chattered a happy thank you"),
+    ("a girl", "had lost her way home", "walked with her to the big red house",
+     "waved and said thank you"),
+    ("a bunny", "had its paw caught in a bush", "carefully pulled the branches apart",
+     "hopped around in a happy circle"),
+    ("the farmer", "had lost his cows", "helped call the cows back to the barn",
+     "gave {him} a glass of fresh milk"),
+    ("a fish", "was flapping on the sand", "put it back into the water",
+     "splashed its tail"),
+]
+
+SEEDS = [("sunflower", "tall and yellow"), ("tomato", "round and red"), ("carrot", "long and orange"),
+         ("rose", "red and sweet"), ("pumpkin", "big and orange"), ("bean", "long and green"),
+         ("daisy", "white and pretty"), ("tulip", "bright and purple"), ("strawberry", "red and juicy"),
+         ("apple tree", "strong and full of apples"), ("pea", "green and sweet"),
+         ("lettuce", "green and crunchy"), ("watermelon", "big and juicy"), ("lily", "white and tall")]
+
+GIFTS = ["a card with a big heart", "a drawing of the two of them", "a necklace made of beads",
+         "a paper crown", "a box of {treats}", "a painted rock", "a little clay {animal}",
+         "a bunch of flowers", "a song", "a paper kite", "a bracelet of colorful string",
+         "a book of stories", "a shiny stone from the river", "a picture frame made of sticks"]
+
+SIGHTS = ["tall trees", "pretty flowers", "funny monkeys", "big ships", "shiny shells",
+          "old houses", "a giant wheel", "colorful fish", "sleepy lions", "red barns",
+          "white clouds", "green hills", "busy bees", "tiny crabs", "bright lights",
+          "a rainbow of kites", "long trains", "sandy paths", "a waterfall", "a little bridge",
+          "bouncing goats", "a castle made of sand", "a man selling balloons", "big pumpkins",
+          "silly clowns", "a tall lighthouse", "wild ponies", "giant turtles", "a hot air balloon",
+          "a statue of a horse", "sparkling fountains", "a field of tulips", "a huge dinosaur skeleton",
+          "jellyfish glowing in the dark", "a band playing music", "a merry-go-round",
+          "fireflies blinking", "a juggler with five balls", "a snowy mountain top"]
+
+MORALS = {
+    "lost": ["being careful with the things you love is important",
+             "asking for help makes hard things easier",
+             "good friends help you look for what you lost",
+             "it is good to put things back where they belong"],
+    "friend": ["saying hello can make a new friend",
+               "a friend can be anyone, big or small",
+               "everyone feels better with a friend",
+               "being kind to someone new is always a good idea"],
+    "fear": ["being brave means trying even when you are scared",
+             "things are often less scary than they seem",
+             "it is okay to be afraid, and it is good to try anyway",
+             "small steps can help you be brave"],
+    "share": ["sharing is caring",
+              "sharing makes everyone happy",
+              "things are more fun when you share them",
+              "a happy friend is worth more than a toy"],
+    "trip": ["the world is full of wonderful things to see",
+             "the best trips are the ones you take with family",
+             "it is fun to try new things",
+             "staying close to your family keeps you safe"],
+    "storm": ["even a storm does not last forever",
+              "after the rain comes the sun",
+              "it is good to stay calm when the weather is bad",
+              "being together makes a storm less scary"],
+    "bake": ["making mistakes is part of learning",
+             "good things take time",
+             "food tastes better when you share it",
+             "cooking with family is the best fun"],
+    "race": ["helping a friend is more important than winning",
+             "playing fair is the best way to play",
+             "it does not matter who wins if you have fun",
+             "friends are better than prizes"],
+    "help": ["helping others makes you feel good inside",
+             "even a small helper can do a big thing",
+             "kindness always comes back to you",
+             "it is good to help someone in need"],
+    "sorry": ["telling the truth is always best",
+              "saying sorry makes things right",
+              "it is better to be honest than to hide a mistake",
+              "everyone makes mistakes, and that is okay"],
+    "garden": ["good things take time and care",
+               "patience helps things grow",
+               "if you take care of something, it will grow",
+               "waiting is hard, but it is worth it"],
+    "gift": ["the best gifts come from the heart",
+             "making someone smile is the best present",
+             "a gift you make yourself is very special",
+             "friends make every day special"],
+    "listen": ["it is important to listen to your {parent}",
+               "rules are there to keep us safe",
+               "it is good to listen when someone warns you",
+               "being careful is better than being sorry"],
+}
+
+# ----------------------------------------------------------------------------------------------
+# Grammar helpers
+
+PRONOUNS = {"she": ("she", "her", "her", "herself"), "he": ("he", "him", "his", "himself")}
+
+
+def choose(rng: random.Random, options):
+    """rng.choice, about 5x faster (random.choice's rejection sampling dominates otherwise)."""
+    return options[int(rng.random() * len(options))]
+
+
+def an(phrase: str) -> str:
+    """'apple' -> 'an apple', 'ball' -> 'a ball'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def cap(sentence: str) -> str:
+    """Capitalise the first letter, skipping a leading quote."""
+    i = 1 if sentence.startswith('"') else 0
+    return sentence[:i] + sentence[i].upper() + sentence[i + 1:]
+
+
+def pick(rng: random.Random, templates, ctx: dict) -> str:
+    return cap(choose(rng, templates).format_map(ctx))
+
+
+def character(rng: random.Random, prefix: str = "") -> dict:
+    """A named character with agreeing pronouns: a girl, a boy, or an animal."""
+    r = rng.random()
+    if r < 0.4:
+        sex, name, kind = "she", choose(rng, GIRL_NAMES), "girl"
+        adj = choose(rng, HERO_ADJS)
+    elif r < 0.8:
+        sex, name, kind = "he", choose(rng, BOY_NAMES), "boy"
+        adj = choose(rng, HERO_ADJS)
+    else:
+        sex = choose(rng, ("she", "he"))
+        name = choose(rng, PET_NAMES)
+        kind, sound, move = choose(rng, ANIMALS)
+        adj = choose(rng, ANIMAL_ADJS)
+    he, him, his, himself = PRONOUNS[sex]
+    c = {"name": name, "kind": kind, "adj": adj, "he": he, "him": him, "his": his,
+         "himself": himself, "desc": f"{an(adj)} {kind} named {name}",
+         "animal": kind not in ("girl", "boy")}
+    return {prefix + k: v for k, v in c.items()}
+
+
+def make_context(rng: random.Random) -> dict:
+    """Pre-pick every slot a story may use, so templates only fill in names."""
+    ctx = character(rng)
+    ctx.update(character(rng, "f"))  # a friend: fname, fhe, fhim, fhis, fdesc, ...
+    while ctx["fname"] == ctx["name"]:
+        ctx.update(character(rng, "f"))
+    parent, phe = choose(rng, PARENTS)
+    ctx["parent"] = parent
+    ctx["phe"], ctx["phim"], ctx["phis"], _ = PRONOUNS[phe]
+    places = rng.sample(PLACES, 3)
+    ctx.update(place=places[0], place2=places[1], place3=places[2],
+               place_adj=choose(rng, PLACE_ADJS))
+    ctx["obj"] = choose(rng, OBJECTS)
+    ctx["obj_adj"] = choose(rng, COLORS) if rng.random() < 0.5 else choose(rng, OBJECT_ADJS)
+    ctx["thing"] = f"{ctx['obj_adj']} {ctx['obj']}"
+    ctx["a_thing"] = an(ctx["thing"])
+    ctx["treats"] = choose(rng, TREATS)
+    ctx["time"] = choose(rng, TIMES)
+    ctx["day"] = choose(rng, DAYS)
+    ctx["weather"] = choose(rng, WEATHER)
+    ctx["season"] = choose(rng, SEASONS)
+    ctx["happy"], ctx["happy2"] = rng.sample(HAPPY, 2)
+    ctx["sad"] = choose(rng, SAD)
+    ctx["scared"] = choose(rng, SCARED)
+    ctx["said"], ctx["said2"], ctx["said3"] = rng.sample(SAID, 3)
+    ctx["activity"] = choose(rng, ACTIVITIES).format_map(ctx)
+    ctx["activity2"] = choose(rng, ACTIVITIES).format_map(ctx)
+    ctx["spot"] = choose(rng, HIDING_SPOTS).format_map(ctx)
+    ctx["spot2"] = choose(rng, HIDING_SPOTS).format_map(ctx)
+    animal, sound, move = choose(rng, ANIMALS)
+    ctx.update(animal=animal, sound=sound, move=move, an_animal=an(animal))
+    return ctx
+
+
+# ----------------------------------------------------------------------------------------------
+# Story parts: each returns a list of sentences.
+
+def opening(rng, ctx):
+    first = pick(rng, [
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, in {a_place}, there lived {desc}.",
+        "Once upon a time, there lived {desc}.",
+        "One day, {desc} woke up early.",
+        "There once was {desc} who lived near the {place}.",
+        "Once upon a time, in a {place_adj} town, there was {desc}.",
+    ], dict(ctx, a_place=an(f"{ctx['place_adj']} {ctx['place']}")))
+    out = [first]
+    out.append(pick(rng, [
+        "{He} loved to {activity}.",
+        "{He} liked to {activity} and {activity2}.",
+        "Every day, {he} liked to {activity}.",
+        "{Name} was very {adj} and loved to {activity}.",
+        "{He} had {a_thing} that {he} loved very much.",
+        "{His} favorite thing to do was to {activity}.",
+        "{He} lived with {his} {parent} in a little house by the {place}.",
+    ], caps(ctx)))
+    if rng.random() < 0.35:
+        out.append(choose(rng, SCENERY))
+    if rng.random() < 0.5:
+        out.append(pick(rng, [
+            "{He} also had a pet {animal} that followed {him} everywhere.",
+            "{His} {parent} always said that {he} was a good helper.",
+            "{His} best friend was {fname}, who lived next door.",
+            "When it was {weather} outside, {he} liked to go to the {place}.",
+            "{He} was {adj}, but sometimes {he} felt {sad}.",
+        ], caps(ctx)))
+    return out
+
+
+def caps(ctx: dict) -> dict:
+    """Add capitalised variants ({He}, {His}, {Name}) used in the middle of templates."""
+    c = dict(ctx)
+    c.update(He=ctx["he"].capitalize(), His=ctx["his"].capitalize(), Name=ctx["name"],
+             fName=ctx["fname"], fHe=ctx["fhe"].capitalize(), fHis=ctx["fhis"].capitalize())
+    return c
+
+
+def arc_lost(rng, ctx):
+    out = [pick(rng, [
+        "One {weather} {time}, {name} took {his} {thing} to the {place}.",
+        "One {time}, {name} went to the {place} with {his} {thing}.",
+        "One {day}, {name} and {his} {parent} went to the {place}, and {name} brought {his} {thing}.",
+    ], ctx)]
+    out.append(pick(rng, [
+        "{He} played and played until the sun was low.",
+        "{He} put it down to {activity} for a while.",
+        "{He} was having so much fun that {he} forgot all about it.",
+        "{He} set it on a bench and ran off to {activity}.",
+    ], ctx))
+    out.append(pick(rng, [
+        "When it was time to go home, {name} looked for {his} {obj}, but it was gone!",
+        "Later, {name} reached for {his} {obj}, but it was not there.",
+        "Then {name} saw that {his} {obj} was missing.",
+    ], ctx))
+    out.append(pick(rng, [
+        '"Oh no! Where is my {obj}?" {he} cried.',
+        '"My {obj}! I lost my {obj}!" {name} {said}.',
+        '"Where did it go?" {he} asked, with tears in {his} eyes.',
+    ], ctx))
+    out.append(pick(rng, [
+        "{Name} felt very {sad}.",
+        "{He} looked {spot2}, but it was not there.",
+        "{He} looked near the {place2} and under every bush, but {he} could not find it.",
+        "{He} searched and searched, but the {obj} was nowhere to be found.",
+    ], caps(ctx)))
+    helper = rng.random()
+    if helper < 0.5:
+        out.append(pick(rng, [
+            "Just then, {fdesc} came by.",
+            "Then {fdesc} walked up to {him}.",
+            "Soon {fname}, {his} friend, came to see what was wrong.",
+        ], ctx))
+        out.append(pick(rng, [
+            '"Why are you {sad}?" asked {fname}.',
+            '"What is wrong?" {fname} asked.',
+            '"Can I help you?" {fname} asked.',
+        ], ctx))
+        out.append(pick(rng, [
+            '"I lost my {thing}," said {name}. "Will you help me find it?"',
+            '"My {obj} is gone," said {name}. "I looked everywhere."',
+        ], ctx))
+        out.append(pick(rng, [
+            "{fName} nodded, and they looked together.",
+            '"Let\'s look together," said {fname}.',
+            "{fName} smiled and said, \"Two friends can find anything!\"",
+        ], ctx))
+        finder = "{fname}"
+    else:
+        out.append(pick(rng, [
+            "{Name} ran to {his} {parent} and told {phim} what happened.",
+            "{His} {parent} saw {him} and gave {him} a hug.",
+        ], caps(ctx)))
+        out.append(pick(rng, [
+            '"Don\'t worry," said {his} {parent}. "We will find it together."',
+            '"Let\'s think," said {his} {parent}. "Where did you have it last?"',
+        ], ctx))
+        finder = "{name}"
+    out.append(pick(rng, [
+        "At last, " + finder + " saw something {spot}. It was the {obj}!",
+        "They looked {spot}, and there it was!",
+        "Then " + finder + " found the {thing} {spot}.",
+        "Suddenly, {an_animal} {move} by, and it had the {obj}!",
+    ], ctx))
+    out.append(pick(rng, [
+        '"Thank you!" said {name}, and {he} hugged {his} {obj} tight.',
+        "{Name} was so {happy} to have {his} {obj} back.",
+        "{Name} jumped up and down. {He} was very {happy}.",
+    ], caps(ctx)))
+    out.append(pick(rng, [
+        "From that day on, {name} always kept {his} {obj} close.",
+        "After that, {name} was more careful with {his} things.",
+        "That night, {name} put the {obj} right next to {his} bed.",
+    ], ctx))
+    return out
+
+
+def arc_friend(rng, ctx):
+    out = [pick(rng, [
+        "One {time}, {name} went to the {place} to {activity}.",
+        "One {weather} day, {name} was at the {place}.",
+        "{Name} had just moved to a new town, and {he} did not know anyone.",
+    ], caps(ctx))]
+    out.append(pick(rng, [
+        "{He} felt a little {sad} because {he} had no one to play with.",
+        "All the other kids were playing together, and {name} felt {sad}.",
+        "{He} wanted a friend to play with.",
+    ], ctx))
+    out.append(pick(rng, [
+        "Then {he} saw {fdesc} sitting all alone.",
+        "Then {he} saw {fdesc} near the {place2}.",
+        "Just then, {fdesc} came over and sat down next to {him}.",
+    ], ctx))
+    out.append(pick(rng, [
+        "{fName} looked {shy} too.",
+        "{fName} was trying to {activity2}, but it was hard to do alone.",
+        "{fName} was humming a little song.",
+    ], dict(ctx, shy=choose(rng, ["shy", "lonely", "quiet", "sad"]))))
+    out.append(pick(rng, [
+        "{Name} was {scared} to say hello, but {he} took a deep breath.",
+        "{Name} walked over with a big smile.",
+        "{Name} waved and walked closer.",
+    ], caps(ctx)))
+    out.append(pick(rng, [
+        '"Hi, I am {name}," {he} {said}. "Do you want to play with me?"',
+        '"Hello! What is your name?" asked {name}.',
+        '"Can I play too?" {name} asked.',
+    ], ctx))
+    out.append(pick(rng, [
+        '"I am {fname}," said the {fkind}. "Yes, let\'s play!"',
+        '"My name is {fname}," said the {fkind} with a smile. "I would love to play!"',
+        'The {fkind} smiled. "I am {fname}. I was hoping someone would ask."',
+    ], ctx))
+    out.append(pick(rng, [
+        "They played together all {time} long.",
+        "Together, they liked to {activity} and {activity2}.",
+        "They laughed and ran until the sun went down.",
+        "They shared {treats} and told funny stories.",
+    ], ctx))
+    if rng.random() < 0.5:
+        out.append(pick(rng, [
+            "When it was time to go home, {fname} gave {name} a hug.",
+            '"Will you come back tomorrow?" asked {fname}. "Yes!" said {name}.',
+            "{Name} had never had so much fun.",
+        ], caps(ctx)))
+    out.append(pick(rng, [
+        "From that day on, {name} and {fname} were best friends.",
+        "Now {name} was not {sad} anymore. {He} had a new friend.",
+        "Every day after that, {name} and {fname} met at the {place}.",
+    ], caps(ctx)))
+    return out
+
+
+def arc_fear(rng, ctx):
+    fear, act, where = choose(rng, FEARS)
+    c = caps(dict(ctx, fear=fear, act=act.format_map(ctx), where=where.format_map(ctx)))
+    out = [pick(rng, [
+        "{Name} was {scared} of {fear}.",
+        "There was one thing {name} did not like: {fear}.",
+        "{Name} was brave about many things, but {he} was {scared} of {fear}.",
+    ], c)]
+    out.append(pick(rng, [
+        "One day, {his} {parent} asked {him} to {act} {where}.",
+        "One {time}, {name} had to {act} {where}.",
+        "All the other kids could {act}, but {name} could not.",
+    ], c))
+    out.append(pick(rng, [
+        '"I can\'t do it," {name} {said}. "I am too {scared}."',
+        '"What if something bad happens?" {he} asked.',
+        '"No, no, no!" {name} {said}, and {he} hid behind {his} {parent}.',
+    ], c))
+    out.append(pick(rng, [
+        "{His} {parent} knelt down and held {his} hand.",
+        "{His} {parent} gave {him} a big hug.",
+        "{fName}, {his} friend, came and stood next to {him}.",
+    ], c))
+    out.append(pick(rng, [
+        '"It is okay to be {scared}," said {his} {parent}. "I will be right here."',
+        '"You are braver than you think," said {his} {parent}.',
+        '"Let\'s try it together, one little step at a time," {phe} said.',
+        '"I was {scared} too, the first time," {fname} said. "Then it was fun!"',
+    ], c))
+    out.append(pick(rng, [
+        "{Name} took a deep breath.",
+        "{Name} closed {his} eyes and counted to three.",
+        "{Name} thought about it for a long time.",
+    ], c))
+    out.append(pick(rng, [
+        "Then, slowly, {he} tried to {act}.",
+        "Then {he} did it: {he} began to {act}.",
+        "Step by step, {he} got ready to {act}.",
+    ], c))
+    out.append(pick(rng, [
+        "It was not scary at all! It was fun!",
+        "{His} heart was beating fast, but nothing bad happened.",
+        "At first it was hard, but then {he} started to smile.",
+    ], c))
+    out.append(pick(rng, [
+        '"I did it!" {name} {said2}. "I am not {scared} anymore!"',
+        '"Look at me!" shouted {name}. "I did it!"',
+        '"That was easy!" {name} laughed.',
+    ], c))
+    out.append(pick(rng, [
+        "{His} {parent} was very proud of {him}.",
+        "Everyone clapped for {name}.",
+        "{Name} felt {happy} and brave.",
+    ], c))
+    return out
+
+
+def arc_share(rng, ctx):
+    item = choose(rng, [ctx["thing"], ctx["treats"]])
+    is_food = item == ctx["treats"]
+    c = caps(dict(ctx, item=item, it="them" if is_food else "it",
+                  some=("some " + item) if is_food else "a turn with the " + item))
+    out = [pick(rng, [
+        "One {time}, {name} had {some_item}.",
+        "{Name} got {some_item} from {his} {parent}.",
+        "One day, {name} brought {some_item} to the {place}.",
+    ], dict(c, some_item=("a big bag of " + item) if is_food else an(item)))]
+    out.append(pick(rng, [
+        "{He} loved {them} very much.",
+        "{He} did not want anyone else to touch {them}.",
+        "{He} held {them} close and smiled.",
+    ], dict(c, them=c["it"])))
+    out.append(pick(rng, [
+        "Then {fdesc} came over.",
+        "Soon {fname} came to play. {fHe} was {adj2}.",
+        "{fdesc} saw {name} and walked over.",
+    ], dict(c, adj2=ctx["fadj"])))
+    out.append(pick(rng, [
+        '"Can I have {some}, please?" asked {fname}.',
+        '"That looks fun! Can I try?" {fname} asked.',
+        '"May I have {some}?" {fname} asked in a small voice.',
+    ], c))
+    out.append(pick(rng, [
+        '"No! {Its} mine!" {name} {said}.',
+        '"No," said {name}. "I want {it} all for me."',
+        "{Name} shook {his} head and turned away.",
+    ], dict(c, Its="They are" if is_food else "It is")))
+    out.append(pick(rng, [
+        "{fName} looked down. {fHe} was very {sad}.",
+        "{fName} walked away slowly, and {fhe} looked {sad}.",
+        "{fName} sat down alone. A tear rolled down {fhis} cheek.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} did not feel good inside.",
+        "{Name} looked at {his} {item} and then at {fname}.",
+        "{Name} remembered what {his} {parent} always said about sharing.",
+    ], c))
+    out.append(pick(rng, [
+        '"Wait!" {name} {said2}. "You can have {some}."',
+        '{Name} ran after {fname}. "I am sorry. Let\'s share!"',
+        '"Here," said {name}. "We can share."',
+    ], c))
+    out.append(pick(rng, [
+        "{fName} smiled a big smile.",
+        '"Thank you!" said {fname}, and {fhe} gave {name} a hug.',
+        "{fName} clapped {fhis} hands.",
+    ], c))
+    out.append(pick(rng, [
+        "They had so much more fun together.",
+        "Sharing made {name} feel warm and {happy}.",
+        "They played together until it was time to go home.",
+    ], c))
+    return out
+
+
+def arc_trip(rng, ctx):
+    sights = rng.sample(SIGHTS, 3)
+    c = caps(dict(ctx, s1=sights[0], s2=sights[1], s3=sights[2]))
+    out = [pick(rng, [
+        "One {weather} {season} day, {name} and {his} {parent} went on a trip to the {place}.",
+        "One {day}, {his} {parent} said, \"Today we are going to the {place}!\"",
+        "{Name} was {happy} because today the family was going to the {place}.",
+    ], c)]
+    out.append(pick(rng, [
+        "{He} packed {his} bag with {treats} and {a_thing}.",
+        "They rode in the car for a long time, and {name} sang songs.",
+        "They took the bus, and {name} looked out the window the whole way.",
+        "They walked a long way, and {name} counted the birds in the sky.",
+    ], c))
+    out.append(pick(rng, [
+        "At the {place}, there were {s1} and {s2}.",
+        "When they got there, {name} saw {s1}, {s2} and {s3}.",
+        "The {place} was full of {s1}.",
+    ], c))
+    out.append(pick(rng, [
+        '"Look!" {name} {said}. "I see {s3}!"',
+        '"Wow!" said {name}. "This is the best day ever!"',
+        '"Can we stay here forever?" asked {name}.',
+    ], c))
+    if rng.random() < 0.6:
+        out.append(pick(rng, [
+            "Then {name} wandered off to look at {an_animal}, and soon {he} could not see {his} {parent}.",
+            "Then {name} dropped {his} {obj}, and it rolled far away.",
+            "Then it started to get cold, and {name} began to feel tired.",
+            "Then {an_animal} {move} right up to {name} and said \"{sound}!\"",
+        ], c))
+        out.append(pick(rng, [
+            "{He} felt {scared}, but then {he} heard {his} {parent} call {his} name.",
+            "{His} {parent} helped {him}, and soon everything was fine.",
+            "{Name} laughed, and {his} {parent} laughed too.",
+            "{He} stayed calm and waited, just like {his} {parent} had told {him}.",
+        ], c))
+    out.append(pick(rng, [
+        "They ate {treats} on a blanket and watched the {s1}.",
+        "They took a picture to remember the day.",
+        "{Name} found a little stone to take home.",
+    ], c))
+    out.append(pick(rng, [
+        "When the sun went down, they went home. {Name} was tired but {happy}.",
+        "On the way home, {name} fell asleep with a smile on {his} face.",
+        "That night, {name} told {his} friend {fname} all about the trip.",
+    ], c))
+    return out
+
+
+def arc_storm(rng, ctx):
+    out = [pick(rng, [
+        "One {time}, {name} was playing outside at the {place}.",
+        "One {season} day, {name} and {fname} went to the {place} to {activity}.",
+        "{Name} was in the {place} with {his} {thing}.",
+    ], caps(ctx))]
+    out.append(pick(rng, [
+        "Suddenly, the sky got dark and the wind began to blow.",
+        "Then big gray clouds rolled in, and it started to rain.",
+        "All at once, there was a loud boom of thunder.",
+    ], ctx))
+    out.append(pick(rng, [
+        '"A storm is coming!" {name} {said}.',
+        '"What was that?" {name} asked, holding on to {his} {obj}.',
+        '"We need to get inside!" shouted {fname}.',
+    ], ctx))
+    out.append(pick(rng, [
+        "{He} ran to hide under a big tree, but {his} {parent} called {him} inside.",
+        "{He} ran as fast as {he} could to the {place2}.",
+        "They hid in an old shed near the {place2}.",
+        "{His} {parent} ran out with a big umbrella and took {him} home.",
+    ], caps(ctx)))
+    out.append(pick(rng, [
+        "The rain went pitter patter on the roof. {Name} felt {scared}.",
+        "The wind was loud, and the trees were shaking.",
+        "Lightning flashed, and {name} covered {his} eyes.",
+    ], caps(ctx)))
+    out.append(pick(rng, [
+        '"It is just rain," said {his} {parent}. "We are safe and warm in here."',
+        '"Let\'s count between the thunder and the lightning," said {fname}.',
+        '"Storms are loud, but they don\'t last long," {his} {parent} said softly.',
+    ], ctx))
+    out.append(pick(rng, [
+        "They drank warm milk and told stories while they waited.",
+        "They sang a song to make the storm feel less scary.",
+        "{Name} hugged {his} {obj} and waited.",
+    ], caps(ctx)))
+    out.append(pick(rng, [
+        "After a while, the rain stopped and the sun came out.",
+        "Soon the clouds went away, and the sky was blue again.",
+        "At last the storm was over.",
+    ], ctx))
+    out.append(pick(rng, [
+        "Then {name} saw a big, bright rainbow in the sky!",
+        "There were puddles everywhere, and {name} jumped in every one of them.",
+        "Everything smelled fresh and clean, and the birds began to sing.",
+    ], ctx))
+    out.append(pick(rng, [
+        '"Look, a rainbow!" {name} {said2}. "The storm was not so bad after all."',
+        "{Name} was not {scared} anymore. {He} was {happy}.",
+        '"I like storms now," said {name}, "because they end with rainbows."',
+    ], caps(ctx)))
+    return out
+
+
+def arc_bake(rng, ctx):
+    bake = choose(rng, BAKES)
+    ing = rng.sample(INGREDIENTS, 3)
+    c = caps(dict(ctx, bake=bake, i1=ing[0], i2=ing[1], i3=ing[2]))
+    out = [pick(rng, [
+        "One {time}, {name} and {his} {parent} decided to bake {bake}.",
+        "{Name} wanted to bake {bake} for {fname}.",
+        "It was a {weather} day, and {name} wanted to make {bake} with {his} {parent}.",
+    ], c)]
+    out.append(pick(rng, [
+        "They got out a big bowl, a spoon, and some {i1}.",
+        "{He} put on a little apron and washed {his} hands.",
+        "{His} {parent} read the recipe out loud.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} poured in the {i1} and the {i2}, and then {he} added the {i3}.",
+        "They mixed the {i1} with the {i2} and stirred and stirred.",
+        "First they added the {i1}. Then {name} put in the {i2} and a little {i3}.",
+    ], c))
+    out.append(pick(rng, [
+        "But oh no! {Name} spilled the {i2} all over the floor.",
+        "But {name} put in too much {i3}, and it did not taste good.",
+        "But the {animal} jumped up on the table and knocked over the bowl.",
+        "But {name} was in a hurry and forgot to mix it well.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} felt {sad}. \"I ruined it,\" {he} said.",
+        '"Oops!" said {name}. {He} wanted to cry.',
+        "{Name} looked at the mess and sighed.",
+    ], c))
+    out.append(pick(rng, [
+        '"That\'s okay," said {his} {parent}. "We can try again."',
+        '{His} {parent} laughed. "Everyone makes mistakes. Let\'s fix it."',
+        '"Mistakes help us learn," {his} {parent} said with a smile.',
+    ], c))
+    out.append(pick(rng, [
+        "So they cleaned up and started over, more slowly this time.",
+        "This time, {name} measured everything very carefully.",
+        "They tried again, and this time {name} stirred it just right.",
+    ], c))
+    out.append(pick(rng, [
+        "Soon the kitchen smelled sweet and warm.",
+        "They put it in the oven and waited. {Name} watched through the little window.",
+        "When it came out of the oven, it was golden and perfect.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} shared it with {fname} and all the neighbors.",
+        "They ate it together at the table, and it was yummy.",
+        "{Name} gave the first piece to {his} {parent}.",
+    ], c))
+    out.append(pick(rng, [
+        '"This is the best {bake_name} ever!" said {fname}.',
+        '"Yum!" {name} {said2}. "We did it!"',
+        "Everyone said it was delicious, and {name} felt {happy}.",
+    ], dict(c, bake_name=bake.split()[-1])))
+    return out
+
+
+def arc_race(rng, ctx):
+    c = caps(dict(ctx, goal=choose(rng, ["the big tree", "the top of the hill", "the red fence",
+                                         "the pond", "the old gate", "the swings", "the barn",
+                                         "the end of the road"])))
+    out = [pick(rng, [
+        "One {time}, {name} and {fname} were playing at the {place}.",
+        "{Name} and {his} friend {fname} loved to run.",
+        "One {weather} day, {name} met {fdesc} at the {place}.",
+    ], c)]
+    out.append(pick(rng, [
+        '"Let\'s have a race to {goal}!" said {fname}.',
+        '"I bet I can run faster than you!" {name} {said}.',
+        '"Race you to {goal}!" shouted {name}.',
+    ], c))
+    out.append(pick(rng, [
+        "They stood in a line. \"Ready, set, go!\"",
+        "{fName} counted to three, and off they went!",
+        "They both started running as fast as they could.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} was in front. {He} wanted to win so much.",
+        "The wind was in {his} hair, and {name} ran and ran.",
+        "{Name} was fast, but {fname} was fast too.",
+    ], c))
+    out.append(pick(rng, [
+        "Then {fname} tripped on a rock and fell down.",
+        "Then {fname} slipped in the mud and hurt {fhis} knee.",
+        "Then {fname} stopped. {fHe} had a pain in {fhis} side.",
+    ], c))
+    out.append(pick(rng, [
+        '"Ouch!" cried {fname}.',
+        '"Help!" {fname} called.',
+        "{fName} sat on the ground and started to cry.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} could see {goal}. {He} could win!",
+        "{Name} was almost at {goal}.",
+        "{Name} heard {fname} and stopped.",
+    ], c))
+    out.append(pick(rng, [
+        "But {name} turned around and ran back to {fname}.",
+        "But {he} did not want to leave {his} friend. {He} ran back.",
+        "{Name} thought for a second, and then {he} went back to help.",
+    ], c))
+    out.append(pick(rng, [
+        '"Are you okay?" asked {name}. "Let me help you up."',
+        '"Hold my hand," said {name}. "We can walk together."',
+        '"I am here," {name} said. "Winning is not important."',
+    ], c))
+    out.append(pick(rng, [
+        "They walked to {goal} together, hand in hand.",
+        "They crossed the finish line at the same time, laughing.",
+        "They went to {goal} together, slowly, and both of them were winners.",
+    ], c))
+    out.append(pick(rng, [
+        '"Thank you," said {fname}. "You are the best friend ever."',
+        "{fName} smiled, and {name} felt {happy} inside.",
+        "Everyone cheered for both of them.",
+    ], c))
+    return out
+
+
+def arc_help(rng, ctx):
+    who, trouble, fix, thanks = choose(rng, TROUBLES)
+    c = caps(dict(ctx, who=who, trouble=trouble, fix=fix.format_map(ctx),
+                  thanks=thanks.format_map(ctx)))
+    c["the_who"] = "the " + who.split(" ", 1)[1] if who.startswith(("a ", "an ")) else who
+    out = [pick(rng, [
+        "One {time}, {name} was walking to the {place}.",
+        "One {weather} day, {name} was playing near the {place}.",
+        "{Name} was on {his} way home from the {place}.",
+    ], c)]
+    out.append(pick(rng, [
+        "Then {he} saw {who}. {the_who} {trouble}.",
+        "On the way, {he} heard a small sound. It was {who} who {trouble}.",
+        "Near the {place2}, {name} met {who} who {trouble}.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} felt sorry for {the_who}.",
+        '"Oh no," said {name}. "I have to help."',
+        "{Name} stopped. {He} wanted to help.",
+    ], c))
+    if rng.random() < 0.5:
+        out.append(pick(rng, [
+            "{fName} said, \"Come on, we will be late!\" But {name} did not go.",
+            "It was almost time for dinner, but {name} stayed.",
+            "It was hard, and {name} was only small.",
+        ], c))
+    out.append(pick(rng, [
+        "So {name} {fix}.",
+        "{Name} thought hard. Then {he} {fix}.",
+        "Carefully, {name} {fix}.",
+    ], c))
+    out.append(pick(rng, [
+        "It took a long time, but {he} did not give up.",
+        "It was not easy, but {name} kept going.",
+        "{Name} was very gentle.",
+    ], c))
+    out.append(pick(rng, [
+        "At last, it was done, and {the_who} {thanks}.",
+        "Then {the_who} {thanks}.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} felt warm and {happy} inside.",
+        "{Name} smiled all the way home.",
+        "When {name} told {his} {parent}, {phe} gave {him} a big hug.",
+    ], c))
+    out.append(pick(rng, [
+        '"You are a good helper," said {his} {parent}.',
+        '"I am proud of you," said {his} {parent}.',
+        '"Helping feels good," said {name}.',
+    ], c))
+    return out
+
+
+def arc_sorry(rng, ctx):
+    c = caps(ctx)
+    out = [pick(rng, [
+        "{Name}'s friend {fname} had {a_thing}.",
+        "{fName} had a new {thing}, and {name} wanted to play with it.",
+        "One day, {name} saw {fname}'s {thing} on the table.",
+    ], c)]
+    out.append(pick(rng, [
+        "{fName} said, \"Please be careful with it.\"",
+        "{Name} knew {he} should ask first, but {he} took it anyway.",
+        "When {fname} went to the {place}, {name} picked it up.",
+    ], c))
+    out.append(pick(rng, [
+        "{He} played with it and threw it up high.",
+        "{He} ran around the room with it.",
+        "{He} played with it outside near the {place2}.",
+    ], c))
+    out.append(pick(rng, [
+        "Then, crack! The {obj} broke.",
+        "Then {he} dropped it, and it broke into two pieces.",
+        "Then it fell {spot} and got all dirty and broken.",
+    ], c))
+    out.append(pick(rng, [
+        "{Name} felt {scared}. {He} hid the {obj} {spot2}.",
+        "{Name} did not know what to do, so {he} hid it.",
+        "{Name} put it back and did not say anything.",
+    ], c))
+    out.append(pick(rng, [
+        "When {fname} came back, {fhe} looked for {fhis} {obj}.",
+        '"Have you seen my {obj}?" asked {fname}.',
+    ], c))
+    out.append(pick(rng, [
+        "{Name} said nothing, but {his} tummy felt funny.",
+        "{Name} looked at the floor. {He} felt very bad.",
+        '"No," said {name}. But {he} knew that was not true.',
+    ], c))
+    out.append(pick(rng, [
+        "That night, {name} could not sleep. {He} told {his} {parent} everything.",
+        "After a while, {name} could not keep it inside anymore.",
+        "{Name} thought about how {fname} must feel.",
+    ], c))
+    out.append(pick(rng, [
+        '"I am sorry, {fname}," {name} {said}. "I broke your {obj}, and I hid it."',
+        '{Name} went to {fname}. "I broke it," {he} said. "I am so sorry."',
+    ], c))
+    out.append(pick(rng, [
+        '{fName} was {sad}, but then {fhe} said, "Thank you for telling me the truth."',
+        '{fName} was quiet for a moment. Then {fhe} said, "It\'s okay. Let\'s fix it."',
+    ], c))
+    out.append(pick(rng, [
+        "They fixed the {obj} together with some glue and tape.",
+        "{Name}'s {parent} helped them fix it, and it was almost like new.",
+        "{Name} gave {fname} {his} own {treats} to say sorry, and they played together again.",
+    ], c))
+    return out
+
+
+def arc_garden(rng, ctx):
+    plant, looks = choose(rng, SEEDS)
+    c = caps(dict(ctx, plant=plant, looks=looks, a_plant=an(plant)))
+    out = [pick(rng, [
+        "One {season} day, {name}'s {parent} gave {him} a tiny {plant} seed.",
+        "{Name} found a little seed in {his} pocket. {His} {parent} said it was {a_plant} seed.",
+        "One {time}, {name} wanted to grow {a_plant} in the garden.",
+    ], c)]
+    out.append(pick(rng, [
+        "{He} dug a small hole and put the seed in the dirt.",
+        "{He} planted it in a pot by the window.",
+        "{He} and {his} {parent} planted it near the fence.",
+    ], c))
+    out.append(pick(rng, [
+        "Every day, {name} gave it water and talked to it.",
+        "{He} watered it every {time} and sang it a song.",
+        "Each day, {name} checked on the seed before {he} went to {activity}.",
+    ], c))
+    out.append(pick(rng, [
+        "But nothing happened. {Name} felt {sad}.",
+        "But the dirt looked the same, day after day.",
+        "After three days, there was still nothing.",
+    ], c))
+    out.append(pick(rng, [
+        '"Why is it not growing?" {name} asked.',
+        '"It is taking too long!" {name} {said}.',
+        '"Maybe my seed is broken," {name} {said}.',
+    ], c))
+    out.append(pick(rng, [
+        '"Be patient," said {his} {parent}. "Seeds need time, water and sun."',
+        '"Good things take time," {his} {parent} said. "Keep taking care of it."',
+    ], c))
+    out.append(pick(rng, [
+        "So {name} waited, and kept watering it.",
+        "{Name} did not give up.",
+        "So {name} kept helping the seed every day, even when it was {weather}.",
+    ], c))
+    out.append(pick(rng, [
+        "One {time}, {he} saw a tiny green sprout!",
+        "Then one day, a little green leaf popped out of the dirt.",
+        "After many days, a small plant came up.",
+    ], c))
+    out.append(pick(rng, [
+        "It grew and grew, until it was {looks}.",
+        "By the end of {season}, the {plant} was {looks}.",
+    ], c))
+    out.append(pick(rng, [
+        '"Look what I grew!" {name} {said2} to {fname}.',
+        "{Name} was so {happy}. {He} showed it to everyone.",
+        "{Name} smiled. {His} waiting had paid off.",
+    ], c))
+    return out
+
+
+def arc_gift(rng, ctx):
+    c = caps(ctx)
+    c["gift"] = choose(rng, GIFTS).format_map(ctx)
+    out = [pick(rng, [
+        "Tomorrow was {fname}'s birthday, and {name} wanted to give {fhim} a present.",
+        "{Name} knew that {his} friend {fname} was feeling {sad}.",
+        "It was almost {fname}'s birthday.",
+    ], c)]
+    out.append(pick(rng, [
+        "But {name} had no money to buy a present.",
+        "{Name} thought and thought about what to give {fhim}.",
+        '"What can I give {fname}?" {name} asked {his} {parent}.',
+    ], c))
+    out.append(pick(rng, [
+        '"The best presents are the ones you make," said {his} {parent}.',
+        "Then {name} had an idea!",
+        "{Name} looked around {his} room, and then {he} smiled.",
+    ], c))
+    out.append(pick(rng, [
+        "{He} decided to make {gift}.",
+        "{He} worked all {time} on {gift}.",
+        "{He} got out paper, glue and crayons and made {gift}.",
+    ], c))
+    out.append(pick(rng, [
+        "It was hard work, and {he} had to start over twice.",
+        "{He} used {his} favorite colors.",
+        "{His} {parent} helped a little, but {name} did most of it.",
+    ], c))
+    out.append(pick(rng, [
+        "The next day, {name} went to the party at the {place}.",
+        "The next day, {name} knocked on {fname}'s door.",
+        "At the party, there were balloons and {treats} everywhere.",
+    ], c))
+    out.append(pick(rng, [
+        "The other kids had big shiny presents, and {name} felt a little shy.",
+        "{Name} held out {his} gift. \"I made it for you,\" {he} said.",
+        '"Happy birthday, {fname}!" {name} {said}.',
+    ], c))
+    out.append(pick(rng, [
+        "{fName} opened it, and {fhis} eyes got big.",
+        "{fName} looked at the gift for a long time.",
+    ], c))
+    out.append(pick(rng, [
+        '"I love it!" said {fname}. "This is my favorite present!"',
+        '"You made this for me?" asked {fname}. "Thank you so much!"',
+    ], c))
+    out.append(pick(rng, [
+        "{fName} gave {name} a big hug, and they both felt {happy}.",
+        "{fName} kept the gift in a special place for a long, long time.",
+    ], c))
+    return out
+
+
+def arc_listen(rng, ctx):
+    danger = choose(rng, [
+        ("the pond", "the edge is slippery", "slipped and fell into the water",
+         "got all wet and cold"),
+        ("the muddy hill", "it is very muddy", "slid all the way down",
+         "was covered in mud from head to toe"),
+        ("the old fence", "it has sharp nails", "tore {his} shirt on a nail",
+         "had a big scratch on {his} arm"),
+        ("the bee hive", "the bees might sting", "poked the hive with a stick",
+         "got a sting on {his} nose"),
+        ("the tall rocks", "they are too high", "climbed up and could not get down",
+         "had to wait for help for a long time"),
+        ("the deep woods", "it is easy to get lost", "followed {an_animal} into the trees",
+         "was lost and could not find the way home"),
+        ("the hot stove", "it is very hot", "touched the pot",
+         "burned {his} finger"),
+    ])
+    where, why, oops, result = (s.format_map(ctx) for s in danger)
+    c = caps(dict(ctx, where=where, why=why, oops=oops, result=result))
+    out = [pick(rng, [
+        "One {time}, {name} was playing near {where}.",
+        "{Name} was a very curious {kind}, and {he} always wanted to explore.",
+        "One {weather} day, {name} and {his} {parent} went to the {place}.",
+    ], c)]
+    out.append(pick(rng, [
+        '"Don\'t go near {where}," said {his} {parent}, "because {why}."',
+        '{His} {parent} said, "Stay away from {where}. {Why}."',
+    ], dict(c, Why=why[0].upper() + why[1:])))
+    out.append(pick(rng, [
+        '"Okay," said {name}, but {he} did not really listen.',
+        "{Name} nodded, but {he} really wanted to see {where}.",
+        "{Name} thought {his} {parent} was just being silly.",
+    ], c))
+    out.append(pick(rng, [
+        "When no one was looking, {name} went to {where}.",
+        "Soon, {name} walked right up to {where}.",
+        "{Name} tiptoed away to {where}.",
+    ], c))
+    out.append(pick(rng, [
+        "Then {he} {oops}.",
+        "Oh no! {Name} {oops}.",
+        "{He} got too close and {oops}.",
+    ], c))
+    out.append(pick(rng, [
+        '"Help!" {name} {said}. "{Parent}, help!"',
+        "{Name} started to cry. {He} {result}.",
+        "Now {he} {result}.",
+    ], dict(c, Parent=ctx["parent"].capitalize())))
+    out.append(pick(rng, [
+        "{His} {parent} came running and helped {him}.",
+        "{His} {parent} heard {him} and came right away.",
+    ], c))
+    out.append(pick(rng, [
+        '"Are you okay?" asked {his} {parent}. {Name} nodded, feeling {sad}.',
+        "{His} {parent} hugged {him} and cleaned {him} up.",
+    ], c))
+    out.append(pick(rng, [
+        '"I am sorry," said {name}. "I should have listened to you."',
+        '"Next time, I will listen," {name} promised.',
+    ], c))
+    if rng.random() < 0.5:
+        out.append(pick(rng, [
+            '"I know you will," said {his} {parent} with a smile.',
+            "{His} {parent} smiled and kissed {his} head.",
+        ], c))
+    return out
+
+
+ARCS = {
+    "lost": arc_lost, "friend": arc_friend, "fear": arc_fear, "share": arc_share,
+    "trip": arc_trip, "storm": arc_storm, "bake": arc_bake, "race": arc_race,
+    "help": arc_help, "sorry": arc_sorry, "garden": arc_garden, "gift": arc_gift,
+    "listen": arc_listen,
+}
+ARC_NAMES = sorted(ARCS)
+
+
+def ending(rng, ctx, arc: str):
+    c = caps(dict(ctx, moral=choose(rng, MORALS[arc]).format_map(ctx)))
+    out = []
+    if rng.random() < 0.75:
+        out.append(pick(rng, [
+            "{Name} learned that {moral}.",
+            "That day, {name} learned that {moral}.",
+            "And {name} learned an important lesson: {moral}.",
+            "From then on, {name} knew that {moral}.",
+            "{Name} always remembered that {moral}.",
+        ], c))
+    out.append(pick(rng, [
+        "The end.",
+        "And they all lived happily ever after.",
+        "{Name} smiled and went to sleep, dreaming of the {place}.",
+        "It was a very good day.",
+        "{Name} could not wait for the next adventure.",
+        "And that is how {name} had the best day ever.",
+        "{He} was very {happy2}.",
+    ], c))
+    return out
+
+
+def make_story(rng: random.Random) -> str:
+    ctx = caps(make_context(rng))
+    arc = choose(rng, ARC_NAMES)
+    parts = opening(rng, ctx) + ARCS[arc](rng, ctx) + ending(rng, ctx, arc)
+    return " ".join(parts)
+
+
+def generate_stories(n: int, seed: int = 0) -> list[str]:
+    """The first n distinct synthetic stories for this seed (deterministic, independent of n)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n={n!r}: the number of stories must be an integer >= 0, e.g. n=20000")
+    out, seen, k = [], set(), 0
+    while len(out) < n:
+        # Each story has its own generator, so story k never depends on how many are asked for.
+        story = make_story(random.Random(f"picollm-stories:{seed}:{k}"))
+        k += 1
+        if story not in seen:  # rare collisions are skipped, keeping the prefix property
+            seen.add(story)
+            out.append(story)
+    return out
+
+
+if __name__ == "__main__":
+    for s in generate_stories(3):
+        print(s, end="\n\n")

@@ -1,0 +1,86 @@
+import random
+import re
+import statistics
+
+import pytest
+
+from picollm_helpers import stories
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return stories.generate_stories(20000)
+
+
+def words(text):
+    return re.findall(r"[a-z]+(?:['-][a-z]+)*", text.lower())
+
+
+def test_size_distinct_vocabulary_and_length(corpus):
+    assert len(corpus) == 20000
+    assert len(set(corpus)) == 20000
+    vocab = {w for s in corpus for w in words(s)}
+    assert len(vocab) >= 1500, len(vocab)
+    lengths = [len(s.split()) for s in corpus]
+    assert 80 <= statistics.median(lengths) <= 250
+    # most stories are in the typical range; none is degenerate
+    assert sum(80 <= n <= 250 for n in lengths) / len(lengths) > 0.95
+    assert min(lengths) >= 40
+
+
+def test_deterministic_and_independent_of_n(corpus):
+    assert stories.generate_stories(100) == corpus[:100]
+    assert stories.generate_stories(100, seed=0) == stories.generate_stories(100, seed=0)
+    other = stories.generate_stories(100, seed=1)
+    assert other != corpus[:100]
+    assert len(set(other) & set(corpus[:100])) < 5
+    assert stories.generate_stories(0) == []
+
+
+def test_tinystories_style(corpus):
+    sample = corpus[:2000]
+    assert sum(s.startswith("Once upon a time") for s in sample) / len(sample) > 0.6
+    assert sum('"' in s for s in sample) / len(sample) > 0.9  # dialogue
+    for s in sample:
+        assert "{" not in s and "}" not in s, s  # every template slot was filled
+        assert s.count('"') % 2 == 0, s  # quotes are balanced
+        assert "  " not in s
+        for sentence in re.split(r'(?<=[.!?]) (?=["A-Z])', s):
+            first = sentence.lstrip('"')[0]
+            assert first.isupper() or first.isdigit(), sentence
+    # a moral or an ending in most stories
+    assert sum(("learned" in s or "The end." in s or "ever after" in s or "remembered" in s)
+               for s in sample) / len(sample) > 0.6
+
+
+def test_every_arc_runs_and_fills_its_slots():
+    for name, arc in stories.ARCS.items():
+        for k in range(30):
+            rng = random.Random(f"{name}{k}")
+            ctx = stories.caps(stories.make_context(rng))
+            text = " ".join(arc(rng, ctx))
+            assert len(text.split()) >= 40, (name, text)
+            assert "{" not in text and "}" not in text, (name, text)
+
+
+def test_characters_have_agreeing_pronouns():
+    rng = random.Random(0)
+    for _ in range(500):
+        c = stories.character(rng)
+        if c["kind"] == "girl":
+            assert (c["he"], c["him"], c["his"]) == ("she", "her", "her")
+        elif c["kind"] == "boy":
+            assert (c["he"], c["him"], c["his"]) == ("he", "him", "his")
+        assert c["desc"].endswith(f"{c['kind']} named {c['name']}")
+
+
+def test_articles():
+    assert stories.an("apple") == "an apple"
+    assert stories.an("orange ball") == "an orange ball"
+    assert stories.an("red ball") == "a red ball"
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "10", None, True])
+def test_bad_n(bad):
+    with pytest.raises(ValueError, match="n="):
+        stories.generate_stories(bad)
