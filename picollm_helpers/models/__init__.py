@@ -1,0 +1,59 @@
+"""The three pico-llm language models and `build_model`, which makes one from a RunConfig.
+
+Every model maps (B, T) int64 ids to (B, T, V) logits, exposes `hidden(idx)` (B, T, D) and
+`lm_head` (Linear D -> V) with forward(idx) == lm_head(hidden(idx)), and supports incremental
+generation: `state = model.init_state(B)`, `logits, state = model.step(new_ids, state)`.
+"""
+
+from .kgram import KGramMLPSeqModel, kgram_forward_loop
+from .lstm import LSTMSeqModel
+from .transformer import RMSNorm, TransformerModel
+
+KINDS = ("lstm", "kgram_mlp_seq", "transformer")
+
+__all__ = ["LSTMSeqModel", "KGramMLPSeqModel", "TransformerModel", "RMSNorm", "build_model",
+           "param_count_formula", "kgram_forward_loop", "KINDS"]
+
+
+def _model_kwargs(kind, cfg):
+    """Constructor arguments for `kind`, read from cfg by the pico-llm flag names."""
+    if kind == "lstm":
+        return dict(embed_size=cfg.embed_size, hidden_size=cfg.embed_size,
+                    num_layers=cfg.lstm_layers, dropout=cfg.dropout)
+    if kind == "kgram_mlp_seq":
+        return dict(k=cfg.kgram_k, embed_size=cfg.embed_size, num_inner_layers=cfg.num_inner_mlp_layers,
+                    chunk_size=cfg.kgram_chunk_size, input_mode=cfg.kgram_input)
+    if kind == "transformer":
+        pos_emb = cfg.pos_emb or ("learned" if getattr(cfg, "use_position_emb", False) else "none")
+        return dict(embed_size=cfg.embed_size, n_heads=cfg.n_heads, n_blocks=cfg.n_blocks,
+                    block_size=cfg.block_size, pos_emb=pos_emb, use_post_norm=cfg.use_post_norm,
+                    dropout=cfg.dropout)
+    raise ValueError(f"model kind {kind!r} is not known: use one of {', '.join(KINDS)}")
+
+
+def build_model(kind, cfg, vocab_size=50257):
+    """kind: "lstm" | "kgram_mlp_seq" | "transformer" (pico-llm's names); cfg: a RunConfig."""
+    cls = {"lstm": LSTMSeqModel, "kgram_mlp_seq": KGramMLPSeqModel, "transformer": TransformerModel}
+    kwargs = _model_kwargs(kind, cfg)
+    return cls[kind](vocab_size, **kwargs)
+
+
+def param_count_formula(kind, cfg, vocab_size=50257):
+    """Number of parameters of build_model(kind, cfg, vocab_size), from the architecture alone."""
+    a, V = _model_kwargs(kind, cfg), vocab_size
+    if kind == "lstm":
+        E, H, L = a["embed_size"], a["hidden_size"], a["num_layers"]
+        # each layer: 4 gates, weights on the input and on h, two bias vectors (bias_ih, bias_hh)
+        lstm = sum(4 * H * ((E if i == 0 else H) + H) + 8 * H for i in range(L))
+        return V * E + lstm + (H * V + V)
+    if kind == "kgram_mlp_seq":
+        k, E, n = a["k"], a["embed_size"], a["num_inner_layers"]
+        d_in = E if a["input_mode"] == "embedding" else V
+        emb = V * E if a["input_mode"] == "embedding" else 0
+        return emb + (k * d_in * E + E) + n * (E * E + E) + (E * V + V)
+    E, L, T = a["embed_size"], a["n_blocks"], a["block_size"]
+    # per block: two RMSNorm weights, qkv + out projection, MLP E -> 4E -> E (no biases)
+    block = 2 * E + 4 * E * E + 2 * 4 * E * E
+    pos = T * E if a["pos_emb"] == "learned" else 0
+    final_norm = 0 if a["use_post_norm"] else E
+    return V * E + pos + L * block + final_norm + E * V

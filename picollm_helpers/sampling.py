@@ -1,0 +1,169 @@
+"""Turning logits into tokens: temperature, top-k, top-p (nucleus), greedy; and `generate`.
+
+`generate` has one code path for every model: it feeds the prompt once through the model's
+incremental state (`model.init_state`, `model.step`: the transformer's KV cache, the LSTM's (h, c),
+the k-gram model's last k-1 tokens), then one token at a time.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+# Cumulative probabilities within this many float eps of p count as reaching p, so that rounding
+# cannot decide a boundary: p=0.8 on [0.5, 0.3, 0.2] keeps exactly 2 tokens.
+_P_TOL_EPS = 16
+
+
+def _check_p(p):
+    try:
+        ok = 0.0 < float(p) <= 1.0  # False for nan too
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"top_p={p!r} is outside (0, 1]: use e.g. 0.9 (p=1 keeps every token, "
+                         "a tiny p is greedy)")
+
+
+def top_p_filter(logits, p):
+    """Keep the nucleus: the smallest set of most probable tokens whose probability reaches p.
+
+    logits: (..., V). Returns logits of the same shape with every token outside the nucleus set to
+    -inf. At least one token (the most probable) is always kept; p=1 keeps all.
+    """
+    _check_p(p)
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
+    # float64 (MPS has none: float32 there) as the cumulative sum runs over V terms
+    wide = torch.float32 if logits.device.type == "mps" else torch.float64
+    probs = sorted_logits.to(wide).softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
+    # A token is needed while the more probable ones have not reached p yet.
+    eps = torch.finfo(torch.float64 if logits.dtype == torch.float64 else torch.float32).eps
+    keep_sorted = before < p - _P_TOL_EPS * eps  # (..., V)
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits (ties at the k-th value are kept too); the rest become -inf."""
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"top_k={k!r} must be a positive int: use e.g. 50, or None for no top-k")
+    if k >= logits.size(-1):
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+    """Pick one token per row of logits (B, V) -> (B,) int64 ids.
+
+    greedy (or temperature=0) takes the argmax. Otherwise logits are divided by temperature, then
+    filtered by top-k, then top-p, and a token is drawn from the softmax with `generator`.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is negative: use a value >= 0 (0 means greedy)")
+    if top_p is not None:
+        _check_p(top_p)
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.float().softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    """What `generate` returns. With num_samples > 1, text/ids/new_text/new_ids are lists of samples."""
+    text: object      # str: prompt + continuation, decoded (None without a tokenizer)
+    ids: list         # prompt + new token ids
+    new_text: object  # str: the continuation alone
+    new_ids: list     # the new token ids alone
+
+    def __str__(self):
+        if self.text is None:  # generated without a tokenizer
+            return str(self.ids)
+        return self.text if isinstance(self.text, str) else "\n".join(self.text)
+
+
+def _encode(tokenizer, text):
+    encode = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode  # tiktoken or a toy
+    return list(encode(text))
+
+
+def _last_logits(model, ids):
+    """Uncached: run the (cropped) context again, apply lm_head to the last position only."""
+    block_size = getattr(model, "block_size", None)
+    if block_size is not None:
+        ids = ids[:, -block_size:]
+    return model.lm_head(model.hidden(ids)[:, -1])  # (B, V)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+             greedy=False, seed=None, use_cache=True, num_samples=1):
+    """Continue `prompt` (a str, or a list of token ids) by max_new_tokens tokens -> Generation.
+
+    use_cache=True steps the model's incremental state; use_cache=False runs the whole (cropped)
+    context again for every token (same tokens, slower). seed makes sampling reproducible.
+    A transformer sees the last block_size tokens; a longer prompt is cropped, with a note.
+    tokenizer may be None when prompt is token ids: the result then has ids only (text is None).
+    """
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer: pass get_tokenizer(), or the prompt as token ids")
+        prompt_ids = _encode(tokenizer, prompt)
+    else:
+        prompt_ids = [int(t) for t in (prompt.tolist() if torch.is_tensor(prompt) else prompt)]
+    if not prompt_ids:
+        raise ValueError(f"prompt {prompt!r} is empty (no tokens): give at least one token of text, "
+                         "e.g. prompt='Once upon a'")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is negative: use 0 or more")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if top_p is not None:
+        _check_p(top_p)
+    block_size = getattr(model, "block_size", None)
+    if block_size is not None and len(prompt_ids) > block_size:
+        print(f"note: the prompt has {len(prompt_ids)} tokens, more than the context "
+              f"(block_size={block_size}): the model sees its last {block_size} tokens")
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (N, T0)
+    gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        new = []
+        if max_new_tokens > 0:
+            if use_cache:
+                logits, state = model.step(idx, model.init_state(num_samples))  # prompt in one go
+            else:
+                logits = _last_logits(model, idx)
+            for i in range(max_new_tokens):
+                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  greedy=greedy, generator=gen)[:, None]  # (N, 1)
+                new.append(nxt)
+                if i == max_new_tokens - 1:
+                    break
+                if use_cache:
+                    logits, state = model.step(nxt, state)
+                else:
+                    logits = _last_logits(model, torch.cat([idx] + new, dim=1))
+    finally:
+        model.train(was_training)
+
+    new_ids = torch.cat(new, dim=1).tolist() if new else [[] for _ in range(num_samples)]
+    ids = [prompt_ids + n for n in new_ids]
+    decode = tokenizer.decode if tokenizer is not None else (lambda _: None)  # ids-only use
+    text = [decode(s) for s in ids]
+    new_text = [decode(n) for n in new_ids]
+    if num_samples == 1:
+        return Generation(text[0], ids[0], new_text[0], new_ids[0])
+    return Generation(text, ids, new_text, new_ids)

@@ -1,0 +1,149 @@
+import pytest
+import torch
+
+from picollm_helpers.models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel
+from picollm_helpers.sampling import Generation, generate, sample_next, top_k_filter, top_p_filter
+
+
+def kept(logits, p):
+    return torch.isfinite(top_p_filter(logits, p))
+
+
+@pytest.mark.parametrize("p, n", [(0.5, 1), (0.5000001, 2), (0.8, 2), (0.80001, 3), (1.0, 3), (1e-9, 1)])
+def test_top_p_boundaries(p, n):
+    logits = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
+    assert kept(logits, p).tolist() == [True] * n + [False] * (3 - n)
+
+
+def test_top_p_boundary_in_float32_and_any_order():
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    assert kept(probs.log(), 0.8).tolist() == [False, True, True]  # rounding does not pull in the 0.2
+    batch = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+    assert kept(batch, 0.7).tolist() == [[True, True, False], [False, False, True]]
+
+
+def test_top_p_keeps_logit_values():
+    logits = torch.tensor([[2.0, 1.0, -1.0, -3.0]])
+    out = top_p_filter(logits, 0.9)
+    mask = torch.isfinite(out)
+    assert mask.tolist() == [[True, True, False, False]]
+    assert torch.equal(out[mask], logits[mask]) and (out[~mask] == float("-inf")).all()
+
+
+@pytest.mark.parametrize("p", [0, 0.0, -0.1, 1.5, float("nan")])
+def test_top_p_out_of_range_raises(p):
+    with pytest.raises(ValueError, match=r"\(0, 1\]") as err:
+        top_p_filter(torch.zeros(4), p)
+    assert f"top_p={p!r}" in str(err.value)
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next(torch.zeros(1, 4), top_p=p)
+
+
+def test_tiny_p_is_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 100)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, top_p=1e-6, generator=g), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, greedy=True), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1))
+
+
+def test_sampling_frequencies_match_renormalised_nucleus():
+    probs = torch.tensor([0.06, 0.4, 0.1, 0.25, 0.04, 0.15])
+    n = 20000
+    logits = probs.log().expand(n, -1)  # (n, V): n independent draws in one batch
+    draws = sample_next(logits, top_p=0.75, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(draws, minlength=6).double()
+    # nucleus at p=0.75: 0.4 + 0.25 + 0.15 = 0.8 reaches it, 0.4 + 0.25 does not
+    nucleus = torch.tensor([0, 0.4, 0, 0.25, 0, 0.15], dtype=torch.float64) / 0.8
+    assert counts[nucleus == 0].sum() == 0
+    expected = n * nucleus[nucleus > 0]
+    chi2 = ((counts[nucleus > 0] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 13.8  # chi-square, 2 degrees of freedom, p = 0.001
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = torch.tensor([2.0, 1.0, 0.0]).expand(5000, -1)
+    top = lambda t: (sample_next(logits, temperature=t, generator=torch.Generator().manual_seed(0)) == 0).float().mean()
+    assert top(0.3) > top(1.0) > top(3.0)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(logits, temperature=-1)
+
+
+def test_top_k():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0]])
+    assert torch.isfinite(top_k_filter(logits, 2)).tolist() == [[False, True, False, True]]
+    assert torch.equal(top_k_filter(logits, 10), logits)
+    draws = sample_next(logits.expand(500, -1), top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 3}
+    with pytest.raises(ValueError, match="top_k"):
+        top_k_filter(logits, 0)
+
+
+def test_seeded_sampling_is_reproducible():
+    logits = torch.randn(8, 50)
+    draw = lambda s: sample_next(logits, top_p=0.9, generator=torch.Generator().manual_seed(s))
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(torch.stack([draw(s) for s in range(5)]), draw(0).expand(5, -1))
+
+
+# ----- generate
+
+
+class CharTok:
+    chars = "abcdefghijklmnopqrstuvwxyz .,"
+
+    def encode(self, s):
+        return [self.chars.index(c) for c in s]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+V = len(CharTok.chars)
+
+
+def models():
+    torch.manual_seed(0)
+    return [LSTMSeqModel(V, 16), KGramMLPSeqModel(V, 3, 16, 1),
+            TransformerModel(V, 16, 2, 2, block_size=16, pos_emb="rope")]
+
+
+@pytest.mark.parametrize("model", models(), ids=["lstm", "kgram", "transformer"])
+def test_generate_result(model):
+    tok = CharTok()
+    model.train()
+    out = generate(model, tok, "once upon a", 10, top_p=0.9, seed=0)
+    assert isinstance(out, Generation) and model.training  # training mode is restored
+    assert out.text.startswith("once upon a") and len(out.ids) == 11 + 10
+    assert out.ids[:11] == tok.encode("once upon a") and out.text == tok.decode(out.ids)
+    assert out.new_ids == out.ids[11:] and out.new_text == out.text[11:] and str(out) == out.text
+    again = generate(model, tok, "once upon a", 10, top_p=0.9, seed=0)
+    assert again.ids == out.ids
+    uncached = generate(model, tok, "once upon a", 10, top_p=0.9, seed=0, use_cache=False)
+    assert uncached.ids == out.ids
+    many = generate(model, tok, tok.encode("once"), 8, seed=1, num_samples=3)  # ids as prompt
+    assert len(many.text) == 3 and all(len(ids) == 12 for ids in many.ids)
+    assert len(set(map(tuple, many.ids))) > 1
+    assert generate(model, tok, "ab", 0).ids == [0, 1]
+
+
+def test_generate_empty_prompt_raises():
+    model = models()[0]
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, CharTok(), "", 5)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, CharTok(), [], 5)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, CharTok(), "a", 5, top_p=1.5)
+
+
+def test_generate_with_tiktoken_encoding():
+    tiktoken = pytest.importorskip("tiktoken")
+    # A tiny BPE-free Encoding: one token per byte, enough to exercise encode_ordinary/decode.
+    enc = tiktoken.Encoding("bytes", pat_str=r".", mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={})
+    torch.manual_seed(0)
+    model = TransformerModel(256, 16, 2, 1, block_size=32)
+    out = generate(model, enc, "Once", 5, greedy=True)
+    assert out.text.startswith("Once") and len(out.ids) == 4 + 5
