@@ -44,6 +44,15 @@ test-notebooks: $(STAMP)
 		PICOLLM_PROFILE=smoke $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 			-o testpaths= $(NOTEBOOKS); fi
 
+# The explorers of lessons 03 and 07 in JupyterLab, driven in headless Chromium (Playwright):
+# Run All, move the controls, check what they redraw. Screenshots: test-artifacts/browser/.
+# Installs Debian's chromium on first use (Playwright's own browser download is not used).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	PICOLLM_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest -q -p no:cacheprovider tests_browser
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
