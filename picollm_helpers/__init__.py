@@ -29,6 +29,8 @@ _EXPORTS = {
     "History": "training",
     "save_checkpoint": "training",
     "load_checkpoint": "training",
+    "TrainingDivergedError": "training",
+    "grad_norms_by_layer": "training",
     "plot_history": "plots",
     "plot_runs": "plots",
     "plot_attention": "plots",

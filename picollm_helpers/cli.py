@@ -1,0 +1,225 @@
+"""`python -m picollm_helpers`: the pico-llm command line.
+
+    python -m picollm_helpers --tinystories_weight 0.0 --input_files data/3seqs.txt \\
+        --prompt "0 1 2 3 4" --block_size 32 --max_steps_per_epoch 10
+
+trains the k-gram MLP, the LSTM and the transformer in turn (choose with --models), prints
+their samples and writes under --output_dir, per model: loss_logs.json, generation_logs.json,
+checkpoint.pt and loss.png; for the transformer also attention.pt (its attention patterns on the
+prompt) and attention.png; and loss_comparison.png across models.
+
+The profile (--profile, else $PICOLLM_PROFILE, else laptop) sets the defaults; every flag given
+explicitly overrides it. The same command under torchrun trains with DistributedDataParallel:
+
+    torchrun --standalone --nproc_per_node 2 -m picollm_helpers --models transformer ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from .config import PROFILE_CAPS, PROFILES, RunConfig, current_profile, resolve_device
+
+MODEL_KINDS = ("kgram_mlp_seq", "lstm", "transformer")   # the order pico-llm trains them in
+_D = {f: getattr(RunConfig, f) for f in RunConfig.__dataclass_fields__ if hasattr(RunConfig, f)}
+
+
+def _int_or_none(s: str):
+    if s.lower() in ("none", "full", "all"):
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number (or 'none' for a full pass)") from None
+
+
+def _default(name: str) -> str:
+    value = _D[name]
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) or "none"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m picollm_helpers",
+        description="Train pico-llm's k-gram MLP, LSTM and transformer on TinyStories and/or text files, "
+                    "print samples, and save logs, checkpoints and plots. A flag not given takes its "
+                    "default below, capped by the profile; a flag given is used as is.",
+        epilog="profile caps: " + "; ".join(f"{name}: " + ", ".join(f"{k}<={v}" for k, v in caps.items())
+                                            for name, caps in PROFILE_CAPS.items() if caps) + ".",
+        argument_default=argparse.SUPPRESS)
+
+    def flag(group, name, help, **kw):
+        """--name sets RunConfig.name; its dataclass default is appended to the help."""
+        if name in _D and kw.get("action") not in ("store_true", argparse.BooleanOptionalAction):
+            help += f" (default: {_default(name)})"
+        group.add_argument(f"--{name}", help=help, **kw)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
+                   help="which models to train, in this order (default: all three)")
+    g.add_argument("--profile", choices=PROFILES,
+                   help="smoke (seconds), laptop (minutes on a CPU) or full (the report's sizes, a GPU); "
+                        "default: $PICOLLM_PROFILE or laptop")
+    g.add_argument("--resume", action="store_true", default=False,
+                   help="continue each model from <output_dir>/<model>/checkpoint.pt when it exists")
+    flag(g, "seed", "seeds the data split, initialisation and sampling", type=int)
+    flag(g, "device_id", "torch device, e.g. cuda:0, mps, cpu; falls back to an available one", type=str)
+    flag(g, "output_dir", "folder for logs, checkpoints and plots, one subfolder per model", type=str)
+
+    g = p.add_argument_group("data")
+    flag(g, "input_files", "text files mixed in as data, one example per line", nargs="*")
+    flag(g, "tinystories_weight", "probability an example is drawn from TinyStories; 0 skips it; without "
+                                  "input files every example comes from TinyStories/wiki", type=float)
+    flag(g, "wiki_weight", "probability an example is drawn from the Wikipedia text", type=float)
+    flag(g, "num_tinystories", "how many TinyStories to load", type=int)
+    flag(g, "num_wiki_lines", "how many Wikipedia lines to load", type=int)
+    flag(g, "packed", "join documents with <|endoftext|> and cut block_size+1 token chunks, instead of "
+                      "one example per line/story", action="store_true")
+    flag(g, "compact_vocab", "train over only the GPT-2 ids the corpus uses (a much cheaper output layer); "
+                             "profile default: on for smoke and laptop, off for full",
+         action=argparse.BooleanOptionalAction)
+    flag(g, "test_fraction", "share of each source held out for the test loss", type=float)
+    flag(g, "block_size", "maximum sequence length in tokens", type=int)
+
+    g = p.add_argument_group("models")
+    flag(g, "embed_size", "embedding / hidden size of every model", type=int)
+    flag(g, "kgram_k", "context window of the k-gram MLP, in tokens", type=int)
+    flag(g, "kgram_chunk_size", "k-gram positions processed per micro-batch", type=int)
+    flag(g, "kgram_input", "k-gram input encoding", choices=("embedding", "onehot"))
+    flag(g, "num_inner_mlp_layers", "(Linear->SiLU) blocks inside the k-gram MLP", type=int)
+    flag(g, "lstm_layers", "stacked LSTM layers", type=int)
+    flag(g, "n_heads", "attention heads per transformer block", type=int)
+    flag(g, "n_blocks", "transformer blocks", type=int)
+    flag(g, "pos_emb", "transformer positional encoding; default: learned with --use_position_emb, else none",
+         choices=("none", "learned", "sinusoidal", "rope"))
+    flag(g, "use_position_emb", "learned absolute position embeddings (pico-llm's flag)", action="store_true")
+    flag(g, "use_post_norm", "RMSNorm after each residual add (post-norm) instead of before (pre-norm)",
+         action="store_true")
+    flag(g, "dropout", "dropout probability", type=float)
+
+    g = p.add_argument_group("training")
+    flag(g, "epochs", "passes over the data", type=int)
+    flag(g, "max_steps_per_epoch", "end each epoch after this many steps ('none': a full pass)", type=_int_or_none)
+    flag(g, "batch_size", "examples per optimizer step, split across processes under torchrun", type=int)
+    flag(g, "learning_rate", "AdamW learning rate", type=float)
+    flag(g, "weight_decay", "AdamW weight decay", type=float)
+    flag(g, "warmup_steps", "linear learning-rate warmup steps", type=int)
+    flag(g, "lr_schedule", "learning rate after warmup", choices=("constant", "cosine"))
+    flag(g, "grad_clip", "clip the gradient norm to this; 0 disables", type=float)
+    flag(g, "precision", "bf16 autocast or plain fp32", choices=("fp32", "bf16"))
+    flag(g, "compile", "torch.compile the training step", action="store_true")
+    flag(g, "loss_chunk_size", "0: loss on the full (B, T, V) logits; N: output layer and loss N rows at a "
+                               "time, saving memory", type=int)
+
+    g = p.add_argument_group("generation")
+    flag(g, "prompt", "prompt for the samples", type=str)
+    flag(g, "max_new_tokens", "tokens generated per sample", type=int)
+    flag(g, "top_p_values", "nucleus sampling p values sampled each epoch", type=float, nargs="+")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
+    """The profile's config with every explicitly given flag applied; bad values -> parser.error (exit 2)."""
+    explicit = {k: v for k, v in vars(args).items() if k not in ("models", "profile", "resume")}
+    try:
+        profile = getattr(args, "profile", None) or current_profile()
+        # Explicit flags go in as the report's values and as the profile's overrides: never capped.
+        return RunConfig.for_profile(profile, laptop=explicit, smoke=explicit, **explicit)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+
+
+def _print_samples(name: str, history, prompt: str) -> None:
+    if not history.generations:
+        return
+    epoch = max(history.generations)
+    print(f"[{name}] samples after epoch {epoch} from prompt {prompt!r}:")
+    for key, text in history.generations[epoch].items():
+        print(f"  {key:>12}: {text!r}")
+
+
+def _save_attention(model, tokenizer, cfg, run_dir: Path) -> None:
+    """The transformer's attention on the prompt: attention.pt and a heatmap of the last block's head 0."""
+    import torch
+
+    from .plots import plot_attention
+    from .training import atomic_write
+
+    ids = tokenizer.encode_ordinary(cfg.prompt)[-cfg.block_size:]
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        _, attn = model(torch.tensor([ids], device=device), return_attn=True)  # {name: (1, H, T, T)}
+    tokens = [tokenizer.decode([i]) for i in ids]
+    doc = {"prompt": cfg.prompt, "tokens": tokens,
+           "attention": {name: a[0].float().cpu() for name, a in attn.items()}}   # name -> (H, T, T)
+    with atomic_write(run_dir / "attention.pt", "wb") as f:
+        torch.save(doc, f)
+    last = list(doc["attention"])[-1]
+    plot_attention(doc["attention"][last][0], tokens, title=f"{last}, head 0: attention on the prompt",
+                   path=run_dir / "attention.png")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, parser)
+
+    from . import distributed
+    dist, _ = distributed.setup(cfg.device_id)
+    if not dist.is_main:
+        os.environ["TQDM_DISABLE"] = "1"          # one progress bar and one log, from rank 0
+    quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not dist.is_main else contextlib.nullcontext()
+    with quiet:
+        _run(cfg, args.models, args.resume, dist)
+    distributed.cleanup()
+    return 0
+
+
+def _run(cfg: RunConfig, kinds, resume: bool, dist) -> None:
+    import torch
+
+    from .data import make_datasets
+    from .models import build_model
+    from .tokenizer import get_tokenizer
+    from .training import train
+
+    if not dist.enabled:   # resolve once, so the printed config says what runs
+        cfg = cfg.replace(device_id=str(resolve_device(cfg.device_id)))
+    print(f"profile: {cfg.profile}" + (f", {dist.world_size} processes (DDP)" if dist.enabled else ""))
+    print(cfg.summary())
+    train_ds, test_ds = make_datasets(cfg, get_tokenizer())
+    tokenizer = train_ds.tokenizer          # GPT-2, or its compact form with cfg.compact_vocab
+    out = Path(cfg.output_dir)
+    histories = {}
+    for kind in kinds:
+        torch.manual_seed(cfg.seed)
+        model = build_model(kind, cfg, vocab_size=train_ds.vocab_size)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"\n=== Training model: {kind} ({n_params:,} parameters) ===")
+        ckpt = out / kind / "checkpoint.pt"
+        history = train(model, cfg, train_ds, test_ds, tokenizer, name=kind,
+                        resume_from=ckpt if resume and ckpt.exists() else None)
+        histories[kind] = history
+        if dist.is_main:
+            from .plots import plot_history   # matplotlib and seaborn load in rank 0 only
+            _print_samples(kind, history, cfg.prompt)
+            plot_history(history, path=out / kind / "loss.png")
+            if kind == "transformer":
+                _save_attention(model, tokenizer, cfg, out / kind)
+            print(f"[{kind}] outputs in {out / kind}")
+    if dist.is_main and len(histories) > 1:
+        from .plots import plot_runs
+        plot_runs(histories, metric="train", path=out / "loss_comparison.png",
+                  title="Training loss by model (moving mean)")
+        print(f"\nloss comparison: {out / 'loss_comparison.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from picollm_helpers import cli
+from picollm_helpers.config import RunConfig
+from picollm_helpers.seqs import write_3seqs
+from picollm_helpers.tokenizer import get_tokenizer, ranks_path
+
+REPO = Path(__file__).resolve().parent.parent
+# pico-llm's own flags: the course's commands use these names
+PICO_FLAGS = ["--input_files", "--tinystories_weight", "--max_steps_per_epoch", "--num_inner_mlp_layers",
+              "--kgram_k", "--kgram_chunk_size", "--block_size", "--embed_size", "--prompt", "--device_id",
+              "--test_fraction", "--output_dir", "--epochs", "--batch_size", "--learning_rate",
+              "--use_position_emb", "--use_post_norm", "--n_heads", "--n_blocks"]
+KIT_FLAGS = ["--models", "--profile", "--pos_emb", "--seed", "--resume", "--num_tinystories", "--wiki_weight",
+             "--precision", "--loss_chunk_size"]
+
+
+def offline_env(tmp_path) -> dict:
+    """A child environment: smoke profile, no hub, caches in tmp (with the tokenizer's ranks)."""
+    get_tokenizer()                                            # makes sure the ranks are cached here
+    cache = tmp_path / "cache"
+    (cache / "tokenizer").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ranks_path(), cache / "tokenizer" / "gpt2.tiktoken")
+    return {**os.environ, "PICOLLM_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "PICOLLM_CACHE": str(cache),
+            "PICOLLM_FIGURES": str(tmp_path / "figures"), "OMP_NUM_THREADS": "1"}
+
+
+def course_dir(tmp_path, n_lines=None) -> Path:
+    """A working folder holding data/3seqs.txt, as the course's commands expect."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    if n_lines is None and (REPO / "data" / "3seqs.txt").exists():
+        shutil.copy(REPO / "data" / "3seqs.txt", tmp_path / "data" / "3seqs.txt")
+    else:
+        write_3seqs(tmp_path / "data" / "3seqs.txt", n_lines=n_lines or 10000)
+    return tmp_path
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in PICO_FLAGS + KIT_FLAGS:
+        assert flag in out, flag
+    # every RunConfig field can be set from the command line, under its own name
+    for f in dataclasses.fields(RunConfig):
+        assert f"--{f.name}" in out, f.name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+    (["--block_size", "ten"], "argument --block_size: invalid int value: 'ten'"),
+    (["--block_size", "1"], "block_size=1"),
+    (["--models", "gpt"], "argument --models: invalid choice: 'gpt'"),
+    (["--tinystories_weight", "0"], "input_files"),
+    (["--top_p_values", "0", "0.5"], "top-p must lie in (0, 1]"),
+])
+def test_bad_flags_exit_2_with_a_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err and "Traceback" not in err
+
+
+def test_explicit_flags_override_the_profile():
+    parser = cli.build_parser()
+    cfg = cli.config_from_args(parser.parse_args(["--profile", "laptop", "--block_size", "512",
+                                                  "--tinystories_weight", "1.0", "--use_position_emb"]), parser)
+    assert cfg.profile == "laptop" and cfg.block_size == 512          # explicit: not capped
+    assert cfg.embed_size == 128 and cfg.max_steps_per_epoch == 150   # the laptop profile's caps
+    assert cfg.pos_emb == "learned"
+    bare = cli.config_from_args(parser.parse_args(["--profile", "full"]), parser)
+    assert bare.tinystories_weight == 0.5 and bare.block_size == 1024 and bare.input_files == ()
+
+
+def test_course_smoke_command_end_to_end(tmp_path):
+    work = course_dir(tmp_path, n_lines=2000)                  # a smaller 3seqs.txt keeps the test quick
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "picollm_helpers", "--tinystories_weight", "0.0", "--input_files",
+           "data/3seqs.txt", "--prompt", "0 1 2 3 4", "--block_size", "32", "--max_steps_per_epoch", "10",
+           "--output_dir", str(out)]
+    env = offline_env(tmp_path)
+    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for kind in ("kgram_mlp_seq", "lstm", "transformer"):
+        assert f"=== Training model: {kind}" in r.stdout
+        run = out / kind
+        logs = json.loads((run / "loss_logs.json").read_text())
+        assert logs["config"]["profile"] == "smoke" and logs["config"]["block_size"] == 32
+        assert logs["train"]["step"] == list(range(1, 21))                 # 2 smoke epochs x 10 steps
+        assert len(logs["test"]["loss"]) == 2
+        gens = json.loads((run / "generation_logs.json").read_text())
+        assert all(text.startswith("0 1 2 3 4") for text in gens["epochs"][-1]["samples"].values())
+        assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    attn = torch.load(out / "transformer" / "attention.pt", weights_only=True)
+    T = len(attn["tokens"])
+    assert attn["prompt"] == "0 1 2 3 4" and set(attn["attention"]) == {"blocks.0.attn", "blocks.1.attn"}
+    assert all(a.shape == (2, T, T) for a in attn["attention"].values())    # smoke: 2 heads
+    assert (out / "loss_comparison.png").exists() and (out / "transformer" / "attention.png").exists()
+    assert "greedy" in r.stdout and "top_p=0.95" in r.stdout
+    assert not list(out.rglob("*.tmp")) and not (tmp_path / "figures").exists()
+
+    # --resume continues from the checkpoints: nothing left to train, the logs are kept (in-process: quicker)
+    log = run_in_process(cmd[3:] + ["--resume", "--models", "lstm"], work, env)
+    assert "[lstm] resumed from" in log and "=== Training model: kgram_mlp_seq" not in log
+    assert json.loads((out / "lstm" / "loss_logs.json").read_text())["train"]["step"] == list(range(1, 21))
+
+
+def run_in_process(argv, work, env):
+    """cli.main(argv) in this process, in `work`, with env's PICOLLM_* and HF_* variables; returns stdout."""
+    import contextlib
+    import io
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("PICOLLM_", "HF_"))})
+    os.chdir(work)
+    torch.set_num_threads(1)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            assert cli.main(argv) == 0
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+    return buf.getvalue()

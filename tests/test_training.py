@@ -1,0 +1,260 @@
+import json
+import math
+
+import pytest
+import torch
+
+from picollm_helpers import training as tr
+from picollm_helpers.config import RunConfig
+from picollm_helpers.data import TokenDataset
+from picollm_helpers.models import build_model
+from picollm_helpers.seqs import generate_3seqs
+from picollm_helpers.tokenizer import CompactTokenizer, get_tokenizer
+
+BLOCK = 16
+LINES = generate_3seqs(300, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """GPT-2 BPE over only the ids these lines use: a small vocabulary keeps the tests fast."""
+    base = get_tokenizer()
+    return CompactTokenizer(base, [i for line in LINES for i in base.encode_ordinary(line)])
+
+
+def token_dataset(seqs, pad_id):
+    lengths = torch.tensor([len(s) for s in seqs])
+    tokens = torch.tensor([t for s in seqs for t in s], dtype=torch.int32)
+    return TokenDataset(tokens, torch.cumsum(lengths, 0) - lengths, lengths, "3seqs", pad_id)
+
+
+@pytest.fixture(scope="module")
+def data(tok):
+    """3seqs lines as token sequences of at most block_size + 1 tokens: (train, test)."""
+    seqs = [tok.encode_ordinary(line)[:BLOCK + 1] for line in LINES]
+    return token_dataset(seqs[:260], tok.eot_token), token_dataset(seqs[260:], tok.eot_token)
+
+
+def tiny_cfg(tmp_path, **kw):
+    base = dict(tinystories_weight=0.0, input_files=("3seqs.txt",), block_size=BLOCK, embed_size=32,
+                n_heads=2, n_blocks=1, batch_size=8, epochs=1, max_steps_per_epoch=4,
+                learning_rate=3e-3, prompt="0 1 2 3", max_new_tokens=4, top_p_values=(0.5, 1.0),
+                device_id="cpu", output_dir=str(tmp_path / "out"), profile="smoke")
+    base.update(kw)
+    return RunConfig(**base)
+
+
+VOCAB = []
+
+
+def make(kind, cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(kind, cfg, vocab_size=VOCAB[0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def vocab(tok):
+    VOCAB[:] = [tok.n_vocab]
+
+
+def test_transformer_learns_3seqs_and_eval_is_deterministic(tmp_path, data, tok):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=30)
+    model = make("transformer", cfg)
+    before = tr.evaluate(model, test_ds, cfg)
+    h = tr.train(model, cfg, train_ds, test_ds, tok, save=False)
+    first = sum(l for _, l in h.train_loss[:3]) / 3
+    assert len(h.train_loss) == 30 and [s for s, _ in h.train_loss] == list(range(1, 31))
+    assert h.final_train_loss < first - 1.5, (first, h.final_train_loss)
+    assert h.final_test_loss < before - 1.5
+    a, b = tr.evaluate(model, test_ds, cfg), tr.evaluate(model, test_ds, cfg)
+    assert a == b == h.final_test_loss
+    assert h.tokens_seen > 0 and h.tokens_per_second > 0
+    assert set(h.generations[1]) == {"greedy", "top_p=0.5", "top_p=1.0"}
+    assert all(t.startswith("0 1 2 3") for t in h.generations[1].values())
+
+
+def test_evaluate_masks_padding_over_full_test_set(tmp_path, data):
+    _, test_ds = data
+    cfg = tiny_cfg(tmp_path)
+    model = make("lstm", cfg).eval()
+    with torch.no_grad():  # reference: one sequence at a time, no padding at all
+        total = sum(torch.nn.functional.cross_entropy(model(s[None, :-1])[0], s[1:], reduction="sum").item()
+                    for s in test_ds)
+    count = sum(len(s) - 1 for s in test_ds)
+    assert tr.evaluate(model, test_ds, cfg) == pytest.approx(total / count, rel=1e-5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        tr.evaluate(model, [], cfg)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path, kind):
+    cfg = tiny_cfg(tmp_path)
+    model = make(kind, cfg, seed=1)
+    torch.manual_seed(2)
+    x = torch.randint(0, VOCAB[0], (3, 11))
+    y = torch.randint(0, VOCAB[0], (3, 11))
+    y[1, 7:] = tr.IGNORE_INDEX                                   # padding is masked in both paths
+    grads = []
+    losses = []
+    for chunk in (0, 5):                                         # 5 does not divide the 30 real rows
+        model.zero_grad()
+        loss = tr.lm_loss(model, x, y, chunk_size=chunk)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_with_chunked_loss_matches_plain(tmp_path, data):
+    train_ds, test_ds = data
+    runs = []
+    for chunk in (0, 7):
+        cfg = tiny_cfg(tmp_path, loss_chunk_size=chunk)
+        runs.append(tr.train(make("transformer", cfg), cfg, train_ds, test_ds, save=False))
+    for (s0, l0), (s1, l1) in zip(runs[0].train_loss, runs[1].train_loss):
+        assert s0 == s1 and l0 == pytest.approx(l1, rel=1e-4)
+    assert runs[0].final_test_loss == pytest.approx(runs[1].final_test_loss, rel=1e-4)
+
+
+def test_logs_have_documented_structure(tmp_path, data, tok):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, epochs=2, max_steps_per_epoch=3)
+    h = tr.train(make("kgram_mlp_seq", cfg), cfg, train_ds, test_ds, tok, name="kgram")
+    run = tmp_path / "out" / "kgram"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "generation_logs.json", "loss_logs.json"]
+    logs = json.loads((run / "loss_logs.json").read_text())
+    assert logs["format"] == "picollm.loss_logs/1" and logs["name"] == "kgram" and logs["kind"] == "kgram_mlp_seq"
+    assert logs["train"]["step"] == [1, 2, 3, 4, 5, 6] and len(logs["train"]["loss"]) == 6
+    assert logs["test"] == {"epoch": [1, 2], "step": [3, 6], "loss": [l for _, _, l in h.test_loss]}
+    assert logs["config"] == cfg.to_dict()
+    assert logs["final_test_loss"] == h.final_test_loss and logs["tokens_per_second"] > 0
+    gens = json.loads((run / "generation_logs.json").read_text())
+    assert gens["format"] == "picollm.generation_logs/1" and gens["prompt"] == "0 1 2 3"
+    assert [g["epoch"] for g in gens["epochs"]] == [1, 2]
+    assert list(gens["epochs"][1]["samples"]) == ["greedy", "top_p=0.5", "top_p=1.0"]
+    back = tr.History.load(run)
+    assert back.train_loss == h.train_loss and back.test_loss == h.test_loss
+    assert back.generations == h.generations
+    assert tr.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+
+
+def test_checkpoint_round_trip(tmp_path, data):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=2, use_position_emb=True)
+    model = make("transformer", cfg)
+    h = tr.train(model, cfg, train_ds, test_ds)
+    path = tmp_path / "out" / "transformer" / "checkpoint.pt"
+    raw = torch.load(path, weights_only=True)                    # plain data only: no pickled objects
+    assert raw["kind"] == "transformer" and raw["epoch"] == 1 and raw["global_step"] == 2
+    assert set(raw["optimizer_state"]["state"])                  # AdamW moments are saved
+    loaded, info = tr.load_checkpoint(path)
+    assert info["config"] == cfg and info["kind"] == "transformer"
+    assert info["history"].train_loss == h.train_loss and info["history"].test_loss == h.test_loss
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        tr.load_checkpoint(tmp_path / "missing.pt")
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, data):
+    train_ds, test_ds = data
+    # dropout > 0 so the result depends on the restored RNG state, not only on the weights
+    cfg = tiny_cfg(tmp_path, epochs=2, max_steps_per_epoch=3, dropout=0.1, lr_schedule="cosine", warmup_steps=2)
+    full_model = make("transformer", cfg)
+    full = tr.train(full_model, cfg.replace(output_dir=str(tmp_path / "a")), train_ds, test_ds)
+
+    def crash_in_epoch_2(step, model, loss):
+        if step == 4:
+            raise Crash
+    cfg_b = cfg.replace(output_dir=str(tmp_path / "b"))
+    with pytest.raises(Crash):
+        tr.train(make("transformer", cfg), cfg_b, train_ds, test_ds, step_callback=crash_in_epoch_2)
+    resumed_model = make("transformer", cfg, seed=99)            # different init: the checkpoint decides
+    resumed = tr.train(resumed_model, cfg_b, train_ds, test_ds,
+                       resume_from=tmp_path / "b" / "transformer" / "checkpoint.pt")
+    assert [s for s, _ in resumed.train_loss] == [s for s, _ in full.train_loss] == list(range(1, 7))
+    for (_, a), (_, b) in zip(full.train_loss, resumed.train_loss):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert [l for *_, l in resumed.test_loss] == pytest.approx([l for *_, l in full.test_loss], rel=1e-5)
+    for p, q in zip(full_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_stops_training_with_a_clear_error(tmp_path, data):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=6)
+
+    def poison(step, model, loss):
+        if step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(tr.TrainingDivergedError, match=r"step 3 .*nan.*learning_rate.*grad_clip.*fp32") as e:
+        tr.train(make("lstm", cfg), cfg, train_ds, test_ds, step_callback=poison, save=False)
+    assert isinstance(e.value, RuntimeError)
+
+
+def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch, data):
+    cfg = tiny_cfg(tmp_path)
+    model = make("lstm", cfg)
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    tr.save_checkpoint(path, model, cfg=cfg, epoch=1)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial checkpoint bytes")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dying_save)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save_checkpoint(path, model, cfg=cfg, epoch=2)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]
+    assert tr.load_checkpoint(path)[1]["epoch"] == 1
+
+
+def test_step_callback_records_grad_norms_by_layer(tmp_path, data):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=2, n_blocks=2)
+    h = tr.train(make("transformer", cfg), cfg, train_ds, None,
+                 step_callback=lambda step, model, loss: tr.grad_norms_by_layer(model), save=False)
+    recs = h.extra["callback"]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert {"blocks.0", "blocks.1", "lm_head"} <= set(recs[0])
+    assert all(v > 0 and math.isfinite(v) for k, v in recs[0].items() if k != "step")
+    assert h.test_loss == [] and math.isnan(h.final_test_loss)
+
+
+def test_learning_rate_schedule(tmp_path):
+    cfg = tiny_cfg(tmp_path, learning_rate=1e-3, warmup_steps=4, lr_schedule="cosine")
+    lrs = [tr._lr_at(s, 20, cfg) for s in range(20)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] >= 1e-4
+    assert tr._lr_at(10, 20, tiny_cfg(tmp_path)) == pytest.approx(3e-3)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    a = tr.epoch_order(50, 8, seed=1, epoch=2)
+    assert len(a) == 6 and all(len(b) == 8 for b in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, tr.epoch_order(50, 8, seed=1, epoch=2)))
+    assert not torch.equal(a[0], tr.epoch_order(50, 8, seed=1, epoch=3)[0])
