@@ -6,6 +6,9 @@ from picollm_helpers.models import TransformerModel
 from picollm_helpers.tokenizer import get_tokenizer
 from picollm_helpers.widgets import AttentionExplorer, TopPExplorer
 
+# An untrained model samples arbitrary GPT-2 tokens, some in scripts the plot font lacks.
+pytestmark = pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
+
 
 @pytest.fixture(scope="module")
 def model():
