@@ -38,10 +38,11 @@ test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests
 
 # The lessons under nbval in the smoke profile: every cell must run, and cells marked
-# NBVAL_CHECK_OUTPUT must reproduce their committed output.
+# NBVAL_CHECK_OUTPUT must reproduce their committed output. Figures go to a temporary folder,
+# so the committed laptop-profile figures stay as they are.
 test-notebooks: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks to check yet."; else \
-		PICOLLM_PROFILE=smoke $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		figs=$$(mktemp -d) && PICOLLM_PROFILE=smoke PICOLLM_FIGURES=$$figs $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 			-o testpaths= $(NOTEBOOKS); fi
 
 # The explorers of lessons 03 and 07 in JupyterLab, driven in headless Chromium (Playwright):
