@@ -2,7 +2,8 @@
 
 For position t the window is tokens t-k+1..t (the current token included: this window predicts
 token t+1). Positions before the start of the sequence are filled with token id 0, as pico-llm
-did (PAD_ID; in GPT-2's vocabulary id 0 is "!", so the model sees "!" before the text starts).
+did (PAD_ID: GPT-2's "!", or with a compact vocabulary the corpus's lowest GPT-2 id, e.g. "-" in
+3seqs; the model sees that token before the text starts).
 
 The window goes through an MLP:
     Linear(k * D_in -> E) + SiLU,  num_inner_layers x (Linear(E -> E) + SiLU),  lm_head Linear(E -> V)
