@@ -38,10 +38,14 @@ PROFILE_CAPS: dict[str, dict[str, int]] = {
 }
 # Settings a profile switches on unless the lesson says otherwise. Training over only the token ids
 # the corpus uses (see tokenizer.CompactTokenizer) makes the output layer ~10-20x cheaper on a CPU;
-# the full profile keeps the report's 50257-way softmax.
+# the full profile keeps the report's 50257-way softmax. The laptop profile computes the output
+# layer and its loss 512 rows at a time, fused with their gradient (training._FusedLinearCE): same
+# loss and gradients, a fraction of the memory, and the fastest setting `python -m
+# picollm_helpers.bench` measured on a 2-core CPU (fp32: that CPU has no fast bf16 matmul; no
+# torch.compile: it costs more per run than it saves in a laptop run).
 PROFILE_DEFAULTS: dict[str, dict] = {
     "smoke": dict(compact_vocab=True),
-    "laptop": dict(compact_vocab=True),
+    "laptop": dict(compact_vocab=True, loss_chunk_size=512),
     "full": dict(compact_vocab=False),
 }
 

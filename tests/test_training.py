@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from picollm_helpers import training as tr
 from picollm_helpers.config import RunConfig
@@ -96,10 +97,15 @@ def test_evaluate_masks_padding_over_full_test_set(tmp_path, data):
         tr.evaluate(model, [], cfg)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp_seq", "tied"])
 def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path, kind):
     cfg = tiny_cfg(tmp_path)
-    model = make(kind, cfg, seed=1)
+    if kind == "tied":                                           # lm_head shares the embedding's weight
+        from picollm_helpers.models import TransformerModel
+        torch.manual_seed(1)
+        model = TransformerModel(VOCAB[0], 32, 2, 1, BLOCK, tie_weights=True)
+    else:
+        model = make(kind, cfg, seed=1)
     torch.manual_seed(2)
     x = torch.randint(0, VOCAB[0], (3, 11))
     y = torch.randint(0, VOCAB[0], (3, 11))
@@ -116,6 +122,77 @@ def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path, kind):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _head_inputs(N=37, D=16, V=53, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=g, requires_grad=True)
+    w = (torch.randn(V, D, generator=g) * 0.3).requires_grad_()
+    b = (torch.randn(V, generator=g) * 0.1).requires_grad_() if bias else None
+    t = torch.randint(0, V, (N,), generator=g)
+    return h, w, b, t
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 37, 1000])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_ce_equals_full_logits(chunk, bias):
+    """Value and gradients of every input equal F.cross_entropy on the whole (N, V) logits, for
+    chunks that divide N, do not, are 1 row, or exceed N; the incoming gradient scales them."""
+    h, w, b, t = _head_inputs(bias=bias)
+    inputs = [h, w] + ([b] if bias else [])
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.37, inputs)
+    loss = tr._FusedLinearCE.apply(h, w, b, t, chunk, True, None)
+    grads = torch.autograd.grad(loss * 0.37, inputs)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_of_an_all_padding_batch_is_zero(tmp_path):
+    h, w, b, t = _head_inputs(N=0)
+    loss = tr._FusedLinearCE.apply(h, w, b, t, 8, True, None)
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert loss.item() == 0.0 and not gw.any() and not gb.any()
+
+
+def test_fused_loss_does_no_gradient_work_without_grad(tmp_path, monkeypatch):
+    """evaluate() runs under no_grad: the fused loss then computes the loss alone (same value)."""
+    cfg = tiny_cfg(tmp_path)
+    model = make("transformer", cfg, seed=1)
+    x = torch.randint(0, VOCAB[0], (2, 9))
+    y = torch.randint(0, VOCAB[0], (2, 9))
+    seen = []
+    apply = tr._FusedLinearCE.apply
+    monkeypatch.setattr(tr._FusedLinearCE, "apply", lambda *a: seen.append(a[5]) or apply(*a))
+    with torch.no_grad():
+        fused, plain = tr.lm_loss(model, x, y, chunk_size=4), tr.lm_loss(model, x, y)
+    loss = tr.lm_loss(model, x, y, chunk_size=4)
+    assert seen == [False, True]
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6) == loss.item()
+    h, w, b, t = _head_inputs()
+    with pytest.raises(RuntimeError, match="without gradients"):
+        tr._FusedLinearCE.apply(h, w, b, t, 8, False, None).backward()
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32(tmp_path):
+    """Under bf16 autocast the output layer's matmuls run in bf16 (softmax and loss in fp32): the
+    loss and gradients stay close to the fp32 ones."""
+    cfg = tiny_cfg(tmp_path)
+    model = make("transformer", cfg, seed=1)
+    x = torch.randint(0, VOCAB[0], (3, 11))
+    y = torch.randint(0, VOCAB[0], (3, 11))
+    grads, losses = [], []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = tr.lm_loss(model, x, y, chunk_size=5)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.lm_head.weight.grad.clone())
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+    cos = F.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
+    assert cos > 0.99 and (grads[1].norm() / grads[0].norm() - 1).abs() < 0.05
 
 
 def test_training_with_chunked_loss_matches_plain(tmp_path, data):

@@ -1,0 +1,74 @@
+"""The benchmark's arithmetic (FLOP counts, MFU) and measuring tools; no timing assertions."""
+
+import pytest
+import torch
+
+from picollm_helpers import bench
+from picollm_helpers.config import RunConfig
+from picollm_helpers.models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel, param_count_formula
+
+
+def test_flop_params_excludes_lookup_tables_and_counts_lm_head():
+    E, L, H, T, V = 32, 2, 4, 16, 101
+    model = TransformerModel(V, E, H, L, T, pos_emb="learned")
+    # per block: qkv 3E^2, proj E^2, MLP 8E^2, two norms 2E; final norm E; lm_head E V
+    assert bench.flop_params(model) == L * (12 * E * E + 2 * E) + E + E * V
+    cfg = RunConfig(tinystories_weight=1.0, embed_size=E, n_blocks=L, n_heads=H, block_size=T, pos_emb="learned")
+    assert bench.flop_params(model) == param_count_formula("transformer", cfg, V) - V * E - T * E
+    tied = TransformerModel(V, E, H, L, T, pos_emb="learned", tie_weights=True)
+    assert bench.flop_params(tied) == bench.flop_params(model)  # the shared matrix still multiplies
+
+
+def test_flop_params_of_lstm_and_kgram():
+    V, E = 97, 16
+    lstm = LSTMSeqModel(V, E)
+    assert bench.flop_params(lstm) == sum(p.numel() for p in lstm.parameters()) - V * E
+    kgram = KGramMLPSeqModel(V, k=3, embed_size=E)
+    assert bench.flop_params(kgram) == (3 * E * E + E) + (E * E + E) + (E * V + V)
+    onehot = KGramMLPSeqModel(V, k=3, embed_size=E, input_mode="onehot")  # its input layer is a matmul
+    assert bench.flop_params(onehot) == sum(p.numel() for p in onehot.parameters())
+
+
+def test_train_flops_per_token_is_6n_plus_attention():
+    E, L, H, T, V = 256, 4, 8, 256, 50257
+    model = TransformerModel(V, E, H, L, T, pos_emb="learned")
+    n = L * (12 * E * E + 2 * E) + E + E * V
+    assert bench.train_flops_per_token(model, T) == 6 * n + 12 * L * H * (E // H) * T
+    assert bench.attention_flops_per_token(L, H, E // H, T) == 12 * L * E * T
+    # The issue's step: about 99.2 MFLOP per token, 203 GFLOP per step of 8 x 256 tokens.
+    assert bench.train_flops_per_token(model, T) * 8 * T == pytest.approx(203.2e9, rel=1e-3)
+    lstm = LSTMSeqModel(V, 128)
+    assert bench.train_flops_per_token(lstm, 32) == 6 * bench.flop_params(lstm)  # no attention term
+
+
+def test_mfu_and_row_arithmetic():
+    assert bench.mfu(1e12, 2.0, 1e12) == 0.5
+    assert bench.matmul_flops(2048) == 2 * 2048 ** 3
+    row = bench.Row("x", seconds=0.5, tokens=2048, flops=100e9, peak=400e9, memory=3 * 2 ** 20)
+    assert row.tokens_per_s == 4096 and row.flops_per_s == 200e9 and row.mfu == 0.5
+    assert bench._mib(row.memory) == "3" and bench._mib(None) == "n/a"
+
+
+def test_timeit_rounds_alternates_and_takes_medians():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times, mem = bench.timeit_rounds(fns, warmup=1, repeat=3)
+    assert calls == ["a", "b"] * 4 and set(times) == {"a", "b"} and mem == {}
+    assert all(t >= 0 for t in times.values())
+
+
+def test_peak_memory_sees_a_large_allocation():
+    keep = []
+    grown = bench.peak_memory(lambda: keep.append(torch.ones(16 * 2 ** 20)))  # 64 MiB, touched
+    if grown is None:
+        pytest.skip("no /proc peak-RSS counter here")
+    assert grown >= 48 * 2 ** 20
+    keep.clear()
+    assert bench.peak_memory(lambda: None) < 16 * 2 ** 20
+
+
+def test_peak_fns_do_the_work_they_count():
+    fn, flops = bench.peak_matmul_fn(torch.float32, "cpu", n=64)
+    assert flops == 2 * 64 ** 3 and fn().shape == (64, 64)
+    read, nbytes = bench.read_bandwidth_fn("cpu", nbytes=4 * 1024)
+    assert nbytes == 4096 and read().item() == 1024
