@@ -25,7 +25,7 @@ from IPython.display import display
 
 from .interp import attention_patterns, token_labels, top_attended
 from .plots import plot_attention
-from .sampling import _encode, generate, top_k_filter, top_p_filter
+from .sampling import _encode, _last_logits, generate, top_k_filter, top_p_filter
 
 
 def _error_html(exc: Exception) -> str:
@@ -96,11 +96,9 @@ class TopPExplorer:
     def next_token_probs(self) -> torch.Tensor:
         """(V,) probabilities of the next token after the prompt, with temperature and top-k applied."""
         ids = _prompt_ids(self.tokenizer, self.prompt.value)
-        device = next(self.model.parameters()).device
-        block = getattr(self.model, "block_size", None)
-        idx = torch.tensor([ids[-block:] if block else ids], device=device)  # (1, T)
+        idx = torch.tensor([ids], device=next(self.model.parameters()).device)  # (1, T)
         self.model.eval()
-        logits = self.model(idx)[0, -1].float() / self.temperature.value  # (V,)
+        logits = _last_logits(self.model, idx)[0].float() / self.temperature.value  # (V,) as generate sees them
         if self.top_k.value:
             logits = top_k_filter(logits, self.top_k.value)
         return logits.softmax(-1).cpu()
