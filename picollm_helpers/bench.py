@@ -1,10 +1,13 @@
-"""Speed measurements that print ratios: `python -m picollm_helpers.bench [speed|models|data|all]`.
+"""Speed measurements that print ratios: `python -m picollm_helpers.bench [speed|full|models|data|all]`.
 
 speed   the machine's own limits first (matmul peak of each precision, memory read bandwidth), then
         each model's training step as tokens/s, achieved FLOP/s, MFU (model FLOP/s over the
         measured peak of the precision used) and peak memory; greedy generation against the time
         to read the weights once; the settings it recommends; the ratios against the targets.
         The transformer rows include one under torch.compile (--no-compile leaves it out).
+        On a CUDA GPU it ends with `full`.
+full    the full profile's TinyStories transformer (E=512, L=6, T=512, B=16) in fp32 and bf16,
+        eager and compiled: the GPU case (skipped on a CPU).
 models  implementations side by side: k-gram vectorized vs per-token loop, KV cache vs none,
         SDPA vs explicit attention.
 data    tokenizing 100,000 synthetic stories, first and from the cache; building batches.
@@ -266,7 +269,8 @@ def train_step_fn(model, forward, idx, targets):
 def kit_step_fn(model, x, y, *, chunk=0, precision="fp32", fused_adamw=True, compile=False, grad_clip=1.0):
     """One optimizer step exactly as train() takes it: lm loss (full logits, or the fused chunked
     loss when chunk > 0) under the precision's autocast, backward, gradient clipping, AdamW
-    (train()'s fused AdamW, or torch's default multi-tensor one when fused_adamw=False)."""
+    (train()'s fused AdamW, or torch's default multi-tensor one when fused_adamw=False).
+    compile: False, True (torch.compile's default mode) or a torch.compile mode name."""
     from .training import _autocast, _LossModule, make_optimizer
     from .config import RunConfig
     device = next(model.parameters()).device
@@ -274,7 +278,7 @@ def kit_step_fn(model, x, y, *, chunk=0, precision="fp32", fused_adamw=True, com
     opt = make_optimizer(model, cfg, device) if fused_adamw else torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = _LossModule(model, chunk)
     if compile:
-        loss_fn = torch.compile(loss_fn)
+        loss_fn = torch.compile(loss_fn, mode=None if compile is True else compile)
     n = (y != -100).sum()
 
     def step():
@@ -482,6 +486,71 @@ def bench_vocab(results):
             "laptop_full_vocab_fused_speedup": rows[4].tokens_per_s / rows[3].tokens_per_s}
 
 
+# The full profile's TinyStories transformer: the report's configuration, for a GPU.
+FULL = dict(E=512, L=6, H=8, T=512, B=16, V=50257)
+GPU_CHUNK = 4096                               # rows per chunk of the fused loss on a GPU
+
+
+def bench_full(results, compile=True, repeat=10, shape=None, chunk=GPU_CHUNK):
+    """The full profile's TinyStories transformer training step on a CUDA GPU: fp32, then bf16
+    autocast with full logits or the fused loss, eager or under torch.compile. The fused loss and
+    the full logits are first checked to give the same loss on this device. On a CPU it is skipped,
+    unless another (smaller) shape is given."""
+    device = _device(results)
+    f = shape or FULL
+    if device.type != "cuda" and shape is None:
+        print(f"the full profile's transformer (E={f['E']}, L={f['L']}, H={f['H']}, T={f['T']}, B={f['B']}, "
+              f"V={f['V']}): skipped, it needs a CUDA GPU (one step is ~2.3 TFLOP)")
+        return {}
+    if "peak_fp32" not in results:
+        bench_machine(results)  # the header: which GPU, its measured peaks
+    from .training import lm_loss
+    x, y = _tokens(f["B"], f["T"], f["V"], device)
+    model = _gpt(f["V"], f["E"], f["L"], f["H"], f["T"], device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        plain, fused = lm_loss(model, x, y, 0).item(), lm_loss(model, x, y, chunk).item()
+    print(f"bf16 autocast loss on this device: full logits {plain:.5f}, fused loss {fused:.5f} "
+          f"(|diff| {abs(plain - fused):.1e})")
+    settings = [("fp32, full logits", dict(chunk=0)),
+                ("bf16 autocast, full logits", dict(chunk=0, precision="bf16")),
+                (f"bf16 autocast, fused loss chunk={chunk}", dict(chunk=chunk, precision="bf16"))]
+    if compile:
+        settings += [("bf16 autocast, full logits, torch.compile", dict(chunk=0, precision="bf16", compile=True)),
+                     (f"bf16 autocast, fused loss chunk={chunk}, torch.compile",
+                      dict(chunk=chunk, precision="bf16", compile=True))]
+        if device.type == "cuda":  # CUDA graphs: the whole forward and backward replayed as one launch
+            settings += [("bf16 autocast, full logits, torch.compile reduce-overhead",
+                          dict(chunk=0, precision="bf16", compile="reduce-overhead"))]
+    cases, notes = {}, []
+    for label, kw in settings:
+        model = _gpt(f["V"], f["E"], f["L"], f["H"], f["T"], device)
+        flops = train_flops_per_token(model, f["T"]) * f["B"] * f["T"]
+        step = kit_step_fn(model, x, y, **kw)
+        if kw.get("compile"):
+            t0 = time.perf_counter()
+            try:
+                step()
+                _sync(device)
+            except Exception as e:  # no C compiler, unsupported platform, ...
+                notes.append(f"{label}: torch.compile failed, row left out ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:120]})")
+                continue
+            notes.append(f"{label}: the first step took {time.perf_counter() - t0:.0f} s, compilation included")
+        cases[label] = (step, f["B"] * f["T"], flops, kw.get("precision", "fp32"))
+    rows = measure_steps(cases, device, _peak_fns(device, ["fp32", "bf16"]), repeat=repeat, warmup=2)
+    for r in rows:
+        if "reduce-overhead" in r.label:
+            r.memory = None  # the CUDA graphs' memory pool was allocated while they were captured
+    print_rows(f"the full profile's transformer training step (E={f['E']}, L={f['L']}, H={f['H']}, T={f['T']}, "
+               f"B={f['B']}, V={f['V']}; N={flop_params(model) / 1e6:.1f}M, "
+               f"{train_flops_per_token(model, f['T']) / 1e6:.0f} MFLOP/token; fused AdamW, MFU against "
+               f"the peak of the row's precision)", rows)
+    for note in notes:
+        print(f"  {note}")
+    best = max((r for r in rows if r.label.startswith("bf16")), key=lambda r: r.tokens_per_s)
+    return {"full_rows": rows, "full_best_bf16": best, "full_loss_diff": abs(plain - fused)}
+
+
 def bench_small_models(results):
     """The report's LSTM and k-gram MLP (Q1/Q2 settings), full logits vs the fused loss."""
     from .models import KGramMLPSeqModel, LSTMSeqModel
@@ -592,6 +661,10 @@ def print_targets(results):
     if "kgram_speedup" in results:
         r = results["kgram_speedup"]
         check("k-gram MLP step, vectorized vs per-token loop", r, ">= 10", r >= 10)
+    if "full_best_bf16" in results:
+        best = results["full_best_bf16"]
+        check(f"full profile's transformer step MFU, bf16, on this GPU ({best.label})", best.mfu * 100, ">= 40%",
+              best.mfu >= 0.4, unit="%")
     if "decode_ratio" in results:
         r = results["decode_ratio"]
         check("greedy KV-cache generation, time per token / time to read the weights", r, "<= 1.5", r <= 1.5)
@@ -604,7 +677,7 @@ def bench_speed(results, compile=True):
     """Machine limits, training steps, generation, recommendation, targets."""
     out = {}
     for case in (bench_machine, lambda r: bench_gpt_step(r, compile=compile), bench_vocab,
-                 bench_small_models, bench_decode):
+                 bench_small_models, bench_decode, lambda r: bench_full(r, compile=compile)):
         out.update(case({**results, **out}))
     if "kgram_speedup" not in results:
         out.update(bench_kgram())
@@ -730,7 +803,7 @@ def bench_data(results=None, n_stories=100_000):
     return {"tokenize_first_s": first, "tokenize_cached_s": cached, "batch_s": t_batch}
 
 
-CASES = {"speed": bench_speed, "models": bench_models, "data": bench_data}
+CASES = {"speed": bench_speed, "full": bench_full, "models": bench_models, "data": bench_data}
 
 
 def main(argv=None):
@@ -743,12 +816,14 @@ def main(argv=None):
     results = {}
     t_all = time.perf_counter()
     for name, case in CASES.items():
-        if args.case in (name, "all"):
+        if args.case == name or (args.case == "all" and name != "full"):  # `speed` runs `full`
             print(f"== {name}")
             t0 = time.perf_counter()
-            out = case(results, compile=args.compile) if name == "speed" else case(results)
+            out = case(results, compile=args.compile) if name in ("speed", "full") else case(results)
             results.update(out)
             print(f"({name}: {time.perf_counter() - t0:.0f} s)")
+    if args.case == "full":
+        print_targets(results)
     if args.case == "all":
         print(f"== summary ({time.perf_counter() - t_all:.0f} s in all)")
         print_targets(results)

@@ -72,3 +72,28 @@ def test_peak_fns_do_the_work_they_count():
     assert flops == 2 * 64 ** 3 and fn().shape == (64, 64)
     read, nbytes = bench.read_bandwidth_fn("cpu", nbytes=4 * 1024)
     assert nbytes == 4096 and read().item() == 1024
+
+
+def test_kit_step_fn_takes_an_optimizer_step():
+    torch.manual_seed(0)
+    model = TransformerModel(50, 16, 2, 1, 8)
+    x, y = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    before = [p.detach().clone() for p in model.parameters()]
+    step = bench.kit_step_fn(model, x, y, chunk=4)
+    first = step().item()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for _ in range(20):
+        last = step().item()
+    assert last < first  # the same batch again and again: the loss falls
+
+
+def test_full_case_is_skipped_on_a_cpu_and_runs_at_a_small_shape(capsys):
+    assert bench.bench_full({"_device": torch.device("cpu")}) == {}
+    assert "skipped, it needs a CUDA GPU" in capsys.readouterr().out
+    shape = dict(E=16, L=1, H=2, T=8, B=2, V=50)
+    out = bench.bench_full({"_device": torch.device("cpu"), "peak_fp32": 1.0}, compile=False, repeat=1,
+                           shape=shape, chunk=4)
+    labels = [r.label for r in out["full_rows"]]
+    assert labels == ["fp32, full logits", "bf16 autocast, full logits", "bf16 autocast, fused loss chunk=4"]
+    assert out["full_loss_diff"] < 1e-3  # the fused loss and the full logits agree under bf16 autocast
+    assert out["full_best_bf16"].label.startswith("bf16") and all(r.mfu > 0 for r in out["full_rows"])
