@@ -104,7 +104,7 @@ def _last_logits(model, ids):
     return model.lm_head(model.hidden(ids)[:, -1])  # (B, V)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no_grad, and no version counters either: less overhead per token
 def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
              greedy=False, seed=None, use_cache=True, num_samples=1):
     """Continue `prompt` (a str, or a list of token ids) by max_new_tokens tokens -> Generation.
