@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag(g, "warmup_steps", "linear learning-rate warmup steps", type=int)
     flag(g, "lr_schedule", "learning rate after warmup", choices=("constant", "cosine"))
     flag(g, "grad_clip", "clip the gradient norm to this; 0 disables", type=float)
-    flag(g, "precision", "bf16 autocast or plain fp32", choices=("fp32", "bf16"))
-    flag(g, "compile", "torch.compile the training step", action="store_true")
+    flag(g, "precision", "bf16 autocast, plain fp32, or auto: bf16 on a CUDA GPU that supports it, else fp32; "
+                         "profile default: auto for full, fp32 otherwise", choices=("fp32", "bf16", "auto"))
+    flag(g, "compile", "torch.compile the training step (eager if compiling fails); profile default: on for "
+                       "full, off otherwise", action=argparse.BooleanOptionalAction)
     flag(g, "loss_chunk_size", "0: loss on the full (B, T, V) logits; N: output layer and loss N rows at a "
                                "time, saving memory", type=int)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 PROFILES = ("smoke", "laptop", "full")
 POS_EMBS = ("none", "learned", "sinusoidal", "rope")
 KGRAM_INPUTS = ("embedding", "onehot")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Upper bounds each profile applies to the report's values before the lesson's own overrides.
@@ -36,17 +36,20 @@ PROFILE_CAPS: dict[str, dict[str, int]] = {
                    max_steps_per_epoch=150, num_tinystories=20000, num_wiki_lines=30000),
     "full": {},
 }
-# Settings a profile switches on unless the lesson says otherwise. Training over only the token ids
-# the corpus uses (see tokenizer.CompactTokenizer) makes the output layer ~10-20x cheaper on a CPU;
-# the full profile keeps the report's 50257-way softmax. The laptop profile computes the output
-# layer and its loss 512 rows at a time, fused with their gradient (training._FusedLinearCE): same
-# loss and gradients, a fraction of the memory, and the fastest setting `python -m
-# picollm_helpers.bench` measured on a 2-core CPU (fp32: that CPU has no fast bf16 matmul; no
-# torch.compile: it costs more per run than it saves in a laptop run).
+# Settings a profile switches on unless the lesson says otherwise, each the fastest correct setting
+# `python -m picollm_helpers.bench` measured for that profile's machine:
+# - laptop (a 2-core CPU): train over only the token ids the corpus uses (tokenizer.CompactTokenizer;
+#   the output layer gets ~10-20x cheaper), and compute the output layer and its loss 512 rows at a
+#   time, fused with their gradient (training._FusedLinearCE: same loss and gradients, a fraction
+#   of the memory). fp32: that CPU has no fast bf16 matmul. No torch.compile: compiling costs more
+#   per run than it saves in a laptop run.
+# - full (one GPU): the report's 50257-way softmax with full logits (the fused loss is slower on a
+#   GPU), bf16 autocast where the device has fast bf16 matmuls (precision="auto") and torch.compile:
+#   together 5-7x fp32 eager on an H200.
 PROFILE_DEFAULTS: dict[str, dict] = {
     "smoke": dict(compact_vocab=True),
     "laptop": dict(compact_vocab=True, loss_chunk_size=512),
-    "full": dict(compact_vocab=False),
+    "full": dict(compact_vocab=False, precision="auto", compile=True),
 }
 
 
@@ -246,6 +249,19 @@ class RunConfig:
         """A compact one-field-per-line view for a notebook's configuration cell."""
         width = max(len(f.name) for f in dataclasses.fields(self))
         return "\n".join(f"{name:<{width}} : {value}" for name, value in self.to_dict().items())
+
+
+def resolve_precision(precision: str, device) -> str:
+    """"fp32" or "bf16" for a run on `device`. "auto" is bf16 autocast on a CUDA GPU with bf16
+    support and fp32 elsewhere: CPUs without bf16 matrix units (AMX) run bf16 matmuls several times
+    slower than fp32 (0.2x on the 2-core CPU the kit is tested on)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
 
 
 def resolve_device(device_id: str = "cuda:0", verbose: bool = True):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
+from .config import resolve_precision
 
 IGNORE_INDEX = -100
 CHECKPOINT_FORMAT = "picollm.checkpoint/1"
@@ -363,8 +364,27 @@ def _lr_at(step: int, total: int, cfg) -> float:
 
 
 def _autocast(device: torch.device, cfg):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=getattr(cfg, "precision", "fp32") == "bf16")
+    precision = resolve_precision(getattr(cfg, "precision", "fp32"), device)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _compile_or_eager(fn, name: str):
+    """torch.compile(fn), falling back to fn itself (with a printed reason) if compiling fails,
+    e.g. where no C compiler or Triton is installed."""
+    compiled = torch.compile(fn)
+    use = [compiled]
+
+    def step(*args):
+        try:
+            return use[0](*args)
+        except Exception as e:
+            if use[0] is fn:
+                raise
+            print(f"[{name}] torch.compile failed here ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); "
+                  f"training without it (compile=False)")
+            use[0] = fn
+            return fn(*args)
+    return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -704,7 +724,9 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     if getattr(cfg, "compile", False):
-        step_fn = torch.compile(step_fn)
+        step_fn = _compile_or_eager(step_fn, name)
+    if main and getattr(cfg, "precision", "fp32") == "auto":
+        print(f"[{name}] precision auto: {resolve_precision('auto', device)} on {device}")
 
     n_train = len(train_ds)
     if n_train < dist.world_size:

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from picollm_helpers.config import PROFILE_CAPS, RunConfig, current_profile, resolve_device
+from picollm_helpers.config import PROFILE_CAPS, RunConfig, current_profile, resolve_device, resolve_precision
 
 
 def test_defaults_validate_and_resolve_pos_emb():
@@ -83,3 +84,16 @@ def test_profiles_choose_compact_vocab_unless_told():
     assert RunConfig.for_profile("full", tinystories_weight=1.0).compact_vocab is False
     assert RunConfig.for_profile("laptop", laptop=dict(compact_vocab=False), tinystories_weight=1.0).compact_vocab is False
     assert RunConfig(tinystories_weight=1.0).compact_vocab is False
+
+
+def test_full_profile_trains_in_auto_precision_with_compile(monkeypatch):
+    full = RunConfig.for_profile("full", tinystories_weight=1.0)
+    assert (full.precision, full.compile, full.loss_chunk_size) == ("auto", True, 0)
+    laptop = RunConfig.for_profile("laptop", tinystories_weight=1.0)
+    assert (laptop.precision, laptop.compile, laptop.loss_chunk_size) == ("fp32", False, 512)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for explicitly: kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda:0")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda:0")) == "fp32"

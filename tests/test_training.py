@@ -206,6 +206,24 @@ def test_training_with_chunked_loss_matches_plain(tmp_path, data):
     assert runs[0].final_test_loss == pytest.approx(runs[1].final_test_loss, rel=1e-4)
 
 
+def test_compile_falls_back_to_eager_when_compiling_fails(tmp_path, data, monkeypatch, capsys):
+    train_ds, test_ds = data
+
+    def broken_compile(fn, **kw):
+        def compiled(*args):
+            raise RuntimeError("no C compiler found")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    runs = []
+    for compile in (False, True):
+        cfg = tiny_cfg(tmp_path, compile=compile, precision="auto")
+        runs.append(tr.train(make("transformer", cfg), cfg, train_ds, test_ds, save=False))
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed here (RuntimeError: no C compiler found)") == 1
+    assert "precision auto: fp32 on cpu" in out
+    assert runs[0].train_loss == runs[1].train_loss  # the eager fallback trains exactly as compile=False
+
+
 def test_logs_have_documented_structure(tmp_path, data, tok):
     train_ds, test_ds = data
     cfg = tiny_cfg(tmp_path, epochs=2, max_steps_per_epoch=3)
