@@ -363,6 +363,14 @@ def _lr_at(step: int, total: int, cfg) -> float:
     return lr
 
 
+def _reads_losses_late(device: torch.device, step_callback) -> bool:
+    """Whether train() reads each step's loss and gradient norm one step late. On a GPU, reading
+    them at once (.item()) makes the CPU wait for the GPU three times a step, and the GPU then waits
+    for the CPU to prepare the next batch; read late, a NaN stops training one step later. A
+    step_callback gets the loss of its own step, so with one the loss is read at once."""
+    return device.type == "cuda" and step_callback is None
+
+
 def _autocast(device: torch.device, cfg):
     precision = resolve_precision(getattr(cfg, "precision", "fp32"), device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -744,12 +752,30 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         batches = epoch_order(n_train, cfg.batch_size, cfg.seed, epoch)[:steps_per_epoch]
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main, dynamic_ncols=True)
         epoch_losses = []
+        late = _reads_losses_late(device, step_callback)
+        pending = None  # with `late`: the step whose loss and gradient norm are still on the GPU
+
+        def settle(step, loss_t, norm_t):
+            """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
+            loss_value = loss_t if isinstance(loss_t, float) else loss_t.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDivergedError(_diverged_message(name, epoch, step, "loss", loss_value, cfg))
+            if norm_t is not None and not math.isfinite(norm := norm_t.item()):
+                raise TrainingDivergedError(_diverged_message(name, epoch, step, "gradient norm", norm, cfg))
+            history.train_loss.append((step, loss_value))
+            epoch_losses.append(loss_value)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            live.update(history, step)
+            return loss_value
+
         for idx in bar:
             t0 = time.time()
             shard = idx.tensor_split(dist.world_size)[dist.rank]     # this rank's part of the global batch
             x, y = _collate([train_ds[int(i)] for i in shard], pad_id)  # (b, T), (b, T)
+            n_tok = int((y != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU wait
+            if dist.enabled:                                            # global non-padding targets
+                n_tok = int(distributed.all_reduce_sum(torch.tensor(n_tok, device=device)).item())
             x, y = x.to(device), y.to(device)
-            n_tok = distributed.all_reduce_sum((y != IGNORE_INDEX).sum())  # global non-padding targets
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(global_step, total_steps, cfg)
             global_step += 1
@@ -758,30 +784,36 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
                 loss_sum = step_fn(x, y)
             # DDP averages gradients over ranks: scaling by world/n_tok makes them the gradient of
             # the global token-mean loss, exactly what one process with the whole batch computes.
-            loss = loss_sum * (dist.world_size / n_tok.clamp(min=1))
-            loss_value = (distributed.all_reduce_sum(loss_sum.detach().float().clone()) / n_tok.clamp(min=1)).item()
-            if not math.isfinite(loss_value):
-                raise TrainingDivergedError(_diverged_message(name, epoch, global_step, "loss", loss_value, cfg))
+            loss = loss_sum * (dist.world_size / max(n_tok, 1))
+            loss_t = distributed.all_reduce_sum(loss_sum.detach().float().clone()) / max(n_tok, 1)
+            if not late:
+                loss_t = settle(global_step, loss_t, None)  # stops before a NaN loss is backpropagated
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step_callback is not None:
-                record = step_callback(global_step, model, loss_value)
+                record = step_callback(global_step, model, loss_t)
                 if isinstance(record, dict):
                     history.extra.setdefault("callback", []).append({"step": global_step, **_plain(record)})
+            norm = None
             if cfg.grad_clip and cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if not math.isfinite(norm.item()):
+                if not late and not math.isfinite(norm.item()):
                     raise TrainingDivergedError(_diverged_message(name, epoch, global_step, "gradient norm",
                                                                   norm.item(), cfg))
             optimizer.step()
-
+            history.tokens_seen += n_tok
+            if late:
+                # This step is queued on the GPU; reading the previous one's numbers now waits only
+                # for work that is done or nearly done, so the GPU never idles while Python works.
+                if pending is not None:
+                    settle(*pending)
+                pending = (global_step, loss_t, norm)
             history.train_time += time.time() - t0
-            history.tokens_seen += int(n_tok.item())
-            history.train_loss.append((global_step, loss_value))
-            epoch_losses.append(loss_value)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            live.update(history, global_step)
+        if pending is not None:
+            t0 = time.time()
+            settle(*pending)
+            history.train_time += time.time() - t0
         bar.close()
 
         msg = f"[{name}] epoch {epoch}/{cfg.epochs}: train loss {sum(epoch_losses) / len(epoch_losses):.4f}"

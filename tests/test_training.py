@@ -305,6 +305,28 @@ def test_nan_stops_training_with_a_clear_error(tmp_path, data):
     assert isinstance(e.value, RuntimeError)
 
 
+def test_losses_read_one_step_late_give_the_same_run_and_still_stop_on_nan(tmp_path, data, monkeypatch):
+    # On a GPU train() reads each step's loss after queuing the next step; force that path here.
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=5, epochs=2)
+    now = tr.train(make("transformer", cfg), cfg, train_ds, test_ds, save=False)
+    monkeypatch.setattr(tr, "_reads_losses_late", lambda device, step_callback: True)
+    late = tr.train(make("transformer", cfg), cfg, train_ds, test_ds, save=False)
+    assert late.train_loss == now.train_loss and late.test_loss == now.test_loss
+    assert late.tokens_seen == now.tokens_seen > 0
+
+    model, calls = make("transformer", cfg), []
+
+    def poison_at_step_3(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+    model.register_forward_pre_hook(poison_at_step_3)
+    with pytest.raises(tr.TrainingDivergedError, match=r"step 3 .*nan"):
+        tr.train(model, cfg, train_ds, None, save=False)
+
+
 def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch, data):
     cfg = tiny_cfg(tmp_path)
     model = make("lstm", cfg)
