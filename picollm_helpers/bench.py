@@ -574,7 +574,7 @@ def bench_small_models(results):
             "kgram_fused_speedup": rows[3].tokens_per_s / rows[2].tokens_per_s}
 
 
-def bench_decode(results, new_tokens=32):
+def bench_decode(results, new_tokens=64):
     """Greedy generation with the KV cache at batch 1: time per token vs reading the weights once."""
     from .sampling import generate
     device = _device(results)
@@ -598,7 +598,7 @@ def bench_decode(results, new_tokens=32):
         return run
     if device.type == "cpu" and threads > 1:
         fns.update({"long1": one_thread(fns["long"]), "short1": one_thread(fns["short"])})
-    times, _ = timeit_rounds(fns, warmup=1, repeat=3, device=device)
+    times, _ = timeit_rounds(fns, warmup=1, repeat=7, device=device)
     per_token = (times["long"] - times["short"]) / new_tokens
     weights_s = weight_bytes * times["read"] / nbytes
     print(f"greedy generation, KV cache, batch 1 (E={g['E']}, L={g['L']}, H={g['H']}, V={g['V']}): "
