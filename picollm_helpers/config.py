@@ -45,7 +45,7 @@ PROFILE_CAPS: dict[str, dict[str, int]] = {
 #   per run than it saves in a laptop run.
 # - full (one GPU): the report's 50257-way softmax with full logits (the fused loss is slower on a
 #   GPU), bf16 autocast where the device has fast bf16 matmuls (precision="auto") and torch.compile:
-#   together 5-7x fp32 eager on an H200.
+#   together 3.5-6.4x fp32 eager on an H200 (three runs).
 PROFILE_DEFAULTS: dict[str, dict] = {
     "smoke": dict(compact_vocab=True),
     "laptop": dict(compact_vocab=True, loss_chunk_size=512),
