@@ -175,9 +175,12 @@ def peak_matmul_fn(dtype=torch.float32, device="cpu", n=None):
     return (lambda: torch.mm(a, b, out=out)), matmul_flops(n)
 
 
-def read_bandwidth_fn(device="cpu", nbytes=256 * 2 ** 20):
+def read_bandwidth_fn(device="cpu", nbytes=None):
     """A call that reads nbytes from memory once (a sum over a tensor far larger than the caches),
-    and nbytes. Its rate is the memory read bandwidth."""
+    and nbytes. Its rate is the memory read bandwidth. Default: 256 MiB, or 4 GiB on a GPU, where
+    reading 256 MiB takes ~60 us and the host-side timing would measure mostly launch and sync."""
+    if nbytes is None:
+        nbytes = (4 * 2 ** 30) if torch.device(device).type == "cuda" else 256 * 2 ** 20
     x = torch.ones(nbytes // 4, device=device)
     return (lambda: x.sum()), nbytes
 
