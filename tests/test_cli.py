@@ -81,6 +81,12 @@ def test_explicit_flags_override_the_profile():
     assert cfg.pos_emb == "learned"
     bare = cli.config_from_args(parser.parse_args(["--profile", "full"]), parser)
     assert bare.tinystories_weight == 0.5 and bare.block_size == 1024 and bare.input_files == ()
+    assert (bare.precision, bare.compile) == ("auto", True)          # the full profile's GPU settings
+    off = cli.config_from_args(parser.parse_args(["--profile", "full", "--precision", "fp32", "--no-compile"]),
+                               parser)
+    assert (off.precision, off.compile) == ("fp32", False)
+    on = cli.config_from_args(parser.parse_args(["--profile", "laptop", "--compile"]), parser)
+    assert on.compile is True
 
 
 def test_course_smoke_command_end_to_end(tmp_path):
