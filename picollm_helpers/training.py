@@ -753,20 +753,25 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main, dynamic_ncols=True)
         epoch_losses = []
         late = _reads_losses_late(device, step_callback)
-        pending = None  # with `late`: the step whose loss and gradient norm are still on the GPU
+        pending = None  # with `late`: (step, loss, gradient norm) of a step still on the GPU
 
-        def settle(step, loss_t, norm_t):
-            """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
-            loss_value = loss_t if isinstance(loss_t, float) else loss_t.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDivergedError(_diverged_message(name, epoch, step, "loss", loss_value, cfg))
-            if norm_t is not None and not math.isfinite(norm := norm_t.item()):
-                raise TrainingDivergedError(_diverged_message(name, epoch, step, "gradient norm", norm, cfg))
+        def finite(step, what, value):
+            if not math.isfinite(value):
+                raise TrainingDivergedError(_diverged_message(name, epoch, step, what, value, cfg))
+            return value
+
+        def record(step, loss_value):
             history.train_loss.append((step, loss_value))
             epoch_losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             live.update(history, step)
-            return loss_value
+
+        def settle(step, loss_t, norm_t):
+            """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
+            loss_value = finite(step, "loss", loss_t.item())
+            if norm_t is not None:
+                finite(step, "gradient norm", norm_t.item())
+            record(step, loss_value)
 
         for idx in bar:
             t0 = time.time()
@@ -786,24 +791,25 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             # the global token-mean loss, exactly what one process with the whole batch computes.
             loss = loss_sum * (dist.world_size / max(n_tok, 1))
             loss_t = distributed.all_reduce_sum(loss_sum.detach().float().clone()) / max(n_tok, 1)
-            if not late:
-                loss_t = settle(global_step, loss_t, None)  # stops before a NaN loss is backpropagated
+            if not late:  # stop before a NaN loss is backpropagated
+                loss_value = finite(global_step, "loss", loss_t.item())
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step_callback is not None:
-                record = step_callback(global_step, model, loss_t)
-                if isinstance(record, dict):
-                    history.extra.setdefault("callback", []).append({"step": global_step, **_plain(record)})
+                extra = step_callback(global_step, model, loss_value)
+                if isinstance(extra, dict):
+                    history.extra.setdefault("callback", []).append({"step": global_step, **_plain(extra)})
             norm = None
             if cfg.grad_clip and cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if not late and not math.isfinite(norm.item()):
-                    raise TrainingDivergedError(_diverged_message(name, epoch, global_step, "gradient norm",
-                                                                  norm.item(), cfg))
+                if not late:
+                    finite(global_step, "gradient norm", norm.item())
             optimizer.step()
             history.tokens_seen += n_tok
-            if late:
+            if not late:
+                record(global_step, loss_value)
+            else:
                 # This step is queued on the GPU; reading the previous one's numbers now waits only
                 # for work that is done or nearly done, so the GPU never idles while Python works.
                 if pending is not None:
