@@ -420,6 +420,18 @@ def _wrap(text, width=100):
     return lines + [line]
 
 
+def _first_compiled_step(step, device):
+    """Run a step under torch.compile once, compiling it: (True, how long it took) or, where
+    compiling fails (no C compiler, unsupported platform, ...), (False, the error)."""
+    t0 = time.perf_counter()
+    try:
+        step()
+        _sync(device)
+    except Exception as e:
+        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
+    return True, f"the first step took {time.perf_counter() - t0:.0f} s, compilation included"
+
+
 def bench_gpt_step(results, compile=True):
     """The issue's transformer training step, in every setting that keeps the task the same."""
     device = _device(results)
@@ -445,13 +457,10 @@ def bench_gpt_step(results, compile=True):
     note = ""
     if compile:
         label = settings[-1][0]
-        t0 = time.perf_counter()
-        try:
-            cases[label][0]()
-            note = f" (torch.compile: the first step took {time.perf_counter() - t0:.0f} s, compilation included)"
-        except Exception as e:  # no C compiler, unsupported platform, ...
+        ok, note = _first_compiled_step(cases[label][0], device)
+        note = f" (torch.compile{'' if ok else ' failed here, row left out'}: {note})"
+        if not ok:
             del cases[label]
-            note = f" (torch.compile failed here, row left out: {type(e).__name__}: {str(e).splitlines()[0][:120]})"
     rows = measure_steps(cases, device, _peak_fns(device, precisions))
     model = _gpt(g["V"], g["E"], g["L"], g["H"], g["T"], "cpu")
     print_rows(f"transformer training step (E={g['E']}, L={g['L']}, H={g['H']}, T={g['T']}, B={g['B']}, "
@@ -531,15 +540,10 @@ def bench_full(results, compile=True, repeat=10, shape=None, chunk=GPU_CHUNK):
         flops = train_flops_per_token(model, f["T"]) * f["B"] * f["T"]
         step = kit_step_fn(model, x, y, **kw)
         if kw.get("compile"):
-            t0 = time.perf_counter()
-            try:
-                step()
-                _sync(device)
-            except Exception as e:  # no C compiler, unsupported platform, ...
-                notes.append(f"{label}: torch.compile failed, row left out ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:120]})")
+            ok, note = _first_compiled_step(step, device)
+            notes.append(f"{label}: {note}" if ok else f"{label}: torch.compile failed, row left out ({note})")
+            if not ok:
                 continue
-            notes.append(f"{label}: the first step took {time.perf_counter() - t0:.0f} s, compilation included")
         cases[label] = (step, f["B"] * f["T"], flops, kw.get("precision", "fp32"))
     rows = measure_steps(cases, device, _peak_fns(device, ["fp32", "bf16"]), repeat=repeat, warmup=2)
     for r in rows:
