@@ -90,14 +90,14 @@ class KVCache:
     most of the weights a generated token reads.
     """
 
-    def __init__(self, n_layers, batch_size, n_heads, max_len, head_dim, device, dtype, head_weight=None):
+    def __init__(self, n_layers, batch_size, n_heads, max_len, head_dim, device, dtype, head_weight):
         shape = (batch_size, n_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0
         self.tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-        self.head_t = None if head_weight is None else head_weight.detach().t().to(device, dtype).contiguous()
+        self.head_t = head_weight.detach().t().to(device, dtype).contiguous()  # (E, V)
 
 
 class CausalSelfAttention(nn.Module):
