@@ -151,7 +151,7 @@ def _save_attention(model, tokenizer, cfg, run_dir: Path) -> None:
     import torch
 
     from .plots import plot_attention
-    from .training import atomic_write
+    from .files import atomic_write
 
     ids = tokenizer.encode_ordinary(cfg.prompt)[-cfg.block_size:]
     device = next(model.parameters()).device

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import socket
-import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import cache_dir, repo_root
+from .files import write_bytes
 from .tokenizer import EOT_ID, CompactTokenizer
 
 IGNORE_INDEX = -100  # targets with this value are skipped by F.cross_entropy (padding)
@@ -110,19 +110,6 @@ def hub_reachable() -> bool:
 # Small file helpers
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps([_CACHE_VERSION, *parts], default=str).encode()).hexdigest()[:20]
 
@@ -140,7 +127,7 @@ def _cached_texts(name: str, key_parts: tuple, make) -> tuple[list[str], bool]:
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt
     texts = make()
-    _atomic_write_bytes(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+    write_bytes(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
     return texts, False
 
 
@@ -558,7 +545,7 @@ def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[to
 
     buf = io.BytesIO()
     torch.save({"tokens": tokens, "lengths": lengths}, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return tokens, lengths
 
 

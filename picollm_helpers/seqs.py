@@ -16,10 +16,10 @@ Lines hold 8 to 40 numbers, well under 1024 GPT-2 tokens. Regenerate data/3seqs.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
+
+from .files import write_text
 
 # (family, relative frequency)
 FAMILIES = [("counting", 35), ("step", 20), ("fibonacci", 15), ("powers_of_two", 10),
@@ -80,14 +80,7 @@ def default_3seqs_path() -> Path:
 def write_3seqs(path=None, n_lines: int = 10000, seed: int = 0) -> Path:
     """Write the sequences to path (default data/3seqs.txt), atomically; return the path."""
     path = Path(path) if path is not None else default_3seqs_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(generate_3seqs(n_lines, seed)) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(generate_3seqs(n_lines, seed)) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import tiktoken
 import torch
 
 from .config import cache_dir
+from .files import write_bytes
 
 EOT_ID = 50256
 VOCAB_SIZE = 50257
@@ -49,11 +50,7 @@ def _sha256(data: bytes) -> str:
 
 def _write_ranks(data: bytes) -> None:
     """Store verified ranks atomically, so a crash never leaves a half-written cache file."""
-    path = ranks_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(ranks_path(), data)
 
 
 def _host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:

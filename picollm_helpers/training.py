@@ -25,9 +25,7 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
+from .files import atomic_write
 from .config import resolve_precision
 
 IGNORE_INDEX = -100
@@ -434,32 +433,6 @@ def evaluate(model: nn.Module, test_ds, cfg) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-@contextmanager
-def atomic_write(path, mode: str = "wb"):
-    """Open a temp file next to `path`; on success it replaces `path`, on error it is removed.
-
-    A crash mid-write leaves the previous file intact and no partial file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the file the usual permissions
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def model_kind(model: nn.Module) -> str | None:
