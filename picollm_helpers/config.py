@@ -25,6 +25,8 @@ POS_EMBS = ("none", "learned", "sinusoidal", "rope")
 KGRAM_INPUTS = ("embedding", "onehot")
 PRECISIONS = ("fp32", "bf16", "auto")
 LR_SCHEDULES = ("constant", "cosine")
+# Targets with this value are skipped by the loss (padding): F.cross_entropy's default ignore_index.
+IGNORE_INDEX = -100
 
 # Upper bounds each profile applies to the report's values before the lesson's own overrides.
 # `full` applies none: it is the report.

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import cache_dir, repo_root
+from .config import IGNORE_INDEX, cache_dir, repo_root
 from .files import write_bytes
 from .tokenizer import EOT_ID, CompactTokenizer
 
-IGNORE_INDEX = -100  # targets with this value are skipped by F.cross_entropy (padding)
 
 TINYSTORIES_HUB = "roneneldan/TinyStories"
 # The raw variant: real text, not the one with rare words replaced by "<unk>".

@@ -36,9 +36,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .files import atomic_write
-from .config import resolve_precision
+from .config import IGNORE_INDEX, resolve_precision
 
-IGNORE_INDEX = -100
 CHECKPOINT_FORMAT = "picollm.checkpoint/1"
 LOSS_LOGS_FORMAT = "picollm.loss_logs/1"
 GENERATION_LOGS_FORMAT = "picollm.generation_logs/1"

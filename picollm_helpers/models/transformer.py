@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POS_EMBS = ("none", "learned", "sinusoidal", "rope")
+from ..config import POS_EMBS
 
 
 class RMSNorm(nn.Module):
