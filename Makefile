@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-notebooks test-browser lab bench clean-cache
+.PHONY: setup run test test-unit test-notebooks test-browser lab bench report clean-cache
 
 setup: $(STAMP)
 
@@ -38,11 +38,11 @@ test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests
 
 # The lessons under nbval in the smoke profile: every cell must run, and cells marked
-# NBVAL_CHECK_OUTPUT must reproduce their committed output. Figures go to a temporary folder,
-# so the committed laptop-profile figures stay as they are.
+# NBVAL_CHECK_OUTPUT must reproduce their committed output. Figures and results files go to
+# temporary folders, so the committed laptop-profile figures and results stay as they are.
 test-notebooks: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks to check yet."; else \
-		figs=$$(mktemp -d) && PICOLLM_PROFILE=smoke PICOLLM_FIGURES=$$figs $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		figs=$$(mktemp -d) && res=$$(mktemp -d) && PICOLLM_PROFILE=smoke PICOLLM_FIGURES=$$figs PICOLLM_RESULTS=$$res $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 			-o testpaths= $(NOTEBOOKS); fi
 
 # The explorers of lessons 03 and 07 in JupyterLab, driven in headless Chromium (Playwright):
@@ -59,6 +59,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m picollm_helpers.bench
+
+# results/REPORT.md: every lesson's claims and verdicts (results/NN_*.json) in one table.
+report: $(STAMP)
+	$(PY) -m picollm_helpers.results
 
 clean-cache:
 	rm -rf .cache outputs

@@ -37,6 +37,7 @@ _EXPORTS = {
     "TopPExplorer": "widgets",
     "AttentionExplorer": "widgets",
     "head_scores": "interp",
+    "record_result": "results",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -71,7 +71,8 @@ class LabServer:
         dirs = {name: self.home / sub for name, sub in [
             ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
             ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces"), ("JUPYTER_RUNTIME_DIR", "runtime"),
-            ("IPYTHONDIR", "ipython"), ("PICOLLM_FIGURES", "figures"), ("MPLCONFIGDIR", "matplotlib")]}
+            ("IPYTHONDIR", "ipython"), ("PICOLLM_FIGURES", "figures"), ("PICOLLM_RESULTS", "results"),
+            ("MPLCONFIGDIR", "matplotlib")]}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         for name, value in LAB_SETTINGS.items():
