@@ -1,12 +1,28 @@
 """A deterministic, offline generator of short children's stories in the TinyStories style.
 
 This is a *synthetic* stand-in for the TinyStories dataset (roneneldan/TinyStories), used when
-the Hugging Face hub cannot be reached. Stories are composed from word tables and sentence
-templates: an opening that introduces a hero, one of several story arcs (a lost toy, a new
-friend, a fear overcome, sharing, a trip, a storm, baking, a race, ...), a resolution and a
-moral. The combinatorial variety (thousands of names, objects, places and sentence variants)
-gives a language model enough to learn for thousands of steps, while the simple grammar keeps
-the lessons readable.
+the Hugging Face hub cannot be reached. A story is an opening that introduces a hero, one of 13
+story arcs (a lost toy, a new friend, a fear overcome, sharing, a trip, a storm, baking, a race,
+...), and an ending with a moral. The combinatorial variety (thousands of names, objects, places
+and sentence variants) gives a language model enough to learn for thousands of steps, while the
+simple grammar keeps the lessons readable.
+
+The story parts are data: each is a table (a list) of steps, run in order by one engine, `tell`.
+A step is one of
+
+    ["{Name} waved.", "{He} smiled."]   say one of these templates, filled and capitalised
+    ("chance", p, steps)                 run the nested steps with probability p ...
+    ("chance", p, steps, otherwise)      ... or else the other ones
+    ("choose", "a b", rows)              pick one row (a tuple, or a string for one name), fill
+                                         its templates and bind them to the slots {a} and {b}
+    ("sample", "a b", pool)              bind distinct entries of pool to {a} and {b}
+    ("let", "a", template)               bind a filled template to {a}
+
+Templates are filled from a story's slots: the hero ({name}, {he}, {him}, {his}, {desc}, ...), a
+friend ({fname}, {fhe}, ...), a parent ({parent}, {phe}, ...), places, objects and moods, all
+pre-picked by make_context; {Name}, {He}, {His}, {fName}, ... are the capitalised forms, and the
+few slots in DERIVED are computed from others when a template asks for them. Every random draw
+goes through the story's own rng in table order, so the tables fully determine the corpus.
 
     >>> from picollm_helpers.stories import generate_stories
     >>> generate_stories(2)[0][:40]
@@ -18,6 +34,7 @@ generate_stories(20_000).
 
 from __future__ import annotations
 
+import functools
 import random
 
 # Bump when the templates change, so on-disk caches of the corpus are rebuilt.
@@ -306,6 +323,24 @@ MORALS = {
                "being careful is better than being sorry"],
 }
 
+# Warnings not listened to: (where, why it is dangerous, what goes wrong, how it ends)
+DANGERS = [
+    ("the pond", "the edge is slippery", "slipped and fell into the water",
+     "got all wet and cold"),
+    ("the muddy hill", "it is very muddy", "slid all the way down",
+     "was covered in mud from head to toe"),
+    ("the old fence", "it has sharp nails", "tore {his} shirt on a nail",
+     "had a big scratch on {his} arm"),
+    ("the bee hive", "the bees might sting", "poked the hive with a stick",
+     "got a sting on {his} nose"),
+    ("the tall rocks", "they are too high", "climbed up and could not get down",
+     "had to wait for help for a long time"),
+    ("the deep woods", "it is easy to get lost", "followed {an_animal} into the trees",
+     "was lost and could not find the way home"),
+    ("the hot stove", "it is very hot", "touched the pot",
+     "burned {his} finger"),
+]
+
 # ----------------------------------------------------------------------------------------------
 # Grammar helpers
 
@@ -326,10 +361,6 @@ def cap(sentence: str) -> str:
     """Capitalise the first letter, skipping a leading quote."""
     i = 1 if sentence.startswith('"') else 0
     return sentence[:i] + sentence[i].upper() + sentence[i + 1:]
-
-
-def pick(rng: random.Random, templates, ctx: dict) -> str:
-    return cap(choose(rng, templates).format_map(ctx))
 
 
 def character(rng: random.Random, prefix: str = "") -> dict:
@@ -387,43 +418,6 @@ def make_context(rng: random.Random) -> dict:
     return ctx
 
 
-# ----------------------------------------------------------------------------------------------
-# Story parts: each returns a list of sentences.
-
-def opening(rng, ctx):
-    first = pick(rng, [
-        "Once upon a time, there was {desc}.",
-        "Once upon a time, there was {desc}.",
-        "Once upon a time, there was {desc}.",
-        "Once upon a time, in {a_place}, there lived {desc}.",
-        "Once upon a time, there lived {desc}.",
-        "One day, {desc} woke up early.",
-        "There once was {desc} who lived near the {place}.",
-        "Once upon a time, in a {place_adj} town, there was {desc}.",
-    ], dict(ctx, a_place=an(f"{ctx['place_adj']} {ctx['place']}")))
-    out = [first]
-    out.append(pick(rng, [
-        "{He} loved to {activity}.",
-        "{He} liked to {activity} and {activity2}.",
-        "Every day, {he} liked to {activity}.",
-        "{Name} was very {adj} and loved to {activity}.",
-        "{He} had {a_thing} that {he} loved very much.",
-        "{His} favorite thing to do was to {activity}.",
-        "{He} lived with {his} {parent} in a little house by the {place}.",
-    ], caps(ctx)))
-    if rng.random() < 0.35:
-        out.append(choose(rng, SCENERY))
-    if rng.random() < 0.5:
-        out.append(pick(rng, [
-            "{He} also had a pet {animal} that followed {him} everywhere.",
-            "{His} {parent} always said that {he} was a good helper.",
-            "{His} best friend was {fname}, who lived next door.",
-            "When it was {weather} outside, {he} liked to go to the {place}.",
-            "{He} was {adj}, but sometimes {he} felt {sad}.",
-        ], caps(ctx)))
-    return out
-
-
 def caps(ctx: dict) -> dict:
     """Add capitalised variants ({He}, {His}, {Name}) used in the middle of templates."""
     c = dict(ctx)
@@ -432,787 +426,834 @@ def caps(ctx: dict) -> dict:
     return c
 
 
-def arc_lost(rng, ctx):
-    out = [pick(rng, [
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+# Slots computed from others, only when a template uses them.
+DERIVED = {
+    "a_place": lambda s: an(f"{s['place_adj']} {s['place']}"),
+    "Parent": lambda s: cap(s["parent"]),
+    "Why": lambda s: cap(s["why"]),
+    "a_plant": lambda s: an(s["plant"]),
+    "bake_name": lambda s: s["bake"].split()[-1],  # "a loaf of banana bread" -> "bread"
+    # "a little bird" -> "the little bird"; "the farmer" stays as it is
+    "the_who": lambda s: ("the " + s["who"].split(" ", 1)[1]
+                          if s["who"].startswith(("a ", "an ")) else s["who"]),
+}
+
+
+class Slots(dict):
+    """A story's slots; str.format_map consults __missing__ for the DERIVED ones."""
+
+    def __missing__(self, key: str) -> str:
+        return DERIVED[key](self)
+
+
+Step = list | tuple  # see the module docstring
+
+
+def tell(steps: list[Step], rng: random.Random, slots: dict,
+         out: list[str] | None = None) -> list[str]:
+    """Run a table of steps; return the sentences said (appended to `out` when given).
+
+    A plain dict of slots is copied first and left untouched; a Slots is bound into in place,
+    which is how the opening, the arc and the ending of one story share theirs.
+    """
+    if not isinstance(slots, Slots):
+        slots = Slots(slots)
+    if out is None:
+        out = []
+    for step in steps:
+        if isinstance(step, list):  # by far the most common step: say one of the templates
+            out.append(cap(choose(rng, step).format_map(slots)))
+            continue
+        kind, arg, *rest = step
+        if kind == "chance":
+            if rng.random() < arg:
+                tell(rest[0], rng, slots, out)
+            elif len(rest) > 1:
+                tell(rest[1], rng, slots, out)
+        elif kind == "choose":
+            names = arg.split()
+            row = choose(rng, rest[0])
+            row = (row,) if isinstance(row, str) else row
+            slots.update(zip(names, [template.format_map(slots) for template in row]))
+        elif kind == "sample":
+            names = arg.split()
+            slots.update(zip(names, rng.sample(rest[0], len(names))))
+        elif kind == "let":
+            slots[arg] = rest[0].format_map(slots)
+        else:
+            raise ValueError(f"unknown step kind {kind!r} in {step!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The story tables
+
+OPENING: list[Step] = [
+    [
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, there was {desc}.",
+        "Once upon a time, in {a_place}, there lived {desc}.",
+        "Once upon a time, there lived {desc}.",
+        "One day, {desc} woke up early.",
+        "There once was {desc} who lived near the {place}.",
+        "Once upon a time, in a {place_adj} town, there was {desc}.",
+    ],
+    [
+        "{He} loved to {activity}.",
+        "{He} liked to {activity} and {activity2}.",
+        "Every day, {he} liked to {activity}.",
+        "{Name} was very {adj} and loved to {activity}.",
+        "{He} had {a_thing} that {he} loved very much.",
+        "{His} favorite thing to do was to {activity}.",
+        "{He} lived with {his} {parent} in a little house by the {place}.",
+    ],
+    ("chance", 0.35, [SCENERY]),
+    ("chance", 0.5, [[
+        "{He} also had a pet {animal} that followed {him} everywhere.",
+        "{His} {parent} always said that {he} was a good helper.",
+        "{His} best friend was {fname}, who lived next door.",
+        "When it was {weather} outside, {he} liked to go to the {place}.",
+        "{He} was {adj}, but sometimes {he} felt {sad}.",
+    ]]),
+]
+
+# The middles of stories; a story draws one uniformly from ARC_NAMES.
+ARC_STEPS: dict[str, list[Step]] = {}
+
+ARC_STEPS["lost"] = [
+    [
         "One {weather} {time}, {name} took {his} {thing} to the {place}.",
         "One {time}, {name} went to the {place} with {his} {thing}.",
         "One {day}, {name} and {his} {parent} went to the {place}, and {name} brought {his} {thing}.",
-    ], ctx)]
-    out.append(pick(rng, [
+    ],
+    [
         "{He} played and played until the sun was low.",
         "{He} put it down to {activity} for a while.",
         "{He} was having so much fun that {he} forgot all about it.",
         "{He} set it on a bench and ran off to {activity}.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "When it was time to go home, {name} looked for {his} {obj}, but it was gone!",
         "Later, {name} reached for {his} {obj}, but it was not there.",
         "Then {name} saw that {his} {obj} was missing.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         '"Oh no! Where is my {obj}?" {he} cried.',
         '"My {obj}! I lost my {obj}!" {name} {said}.',
         '"Where did it go?" {he} asked, with tears in {his} eyes.',
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} felt very {sad}.",
         "{He} looked {spot2}, but it was not there.",
         "{He} looked near the {place2} and under every bush, but {he} could not find it.",
         "{He} searched and searched, but the {obj} was nowhere to be found.",
-    ], caps(ctx)))
-    helper = rng.random()
-    if helper < 0.5:
-        out.append(pick(rng, [
+    ],
+    ("chance", 0.5, [  # a friend helps look ...
+        [
             "Just then, {fdesc} came by.",
             "Then {fdesc} walked up to {him}.",
             "Soon {fname}, {his} friend, came to see what was wrong.",
-        ], ctx))
-        out.append(pick(rng, [
+        ],
+        [
             '"Why are you {sad}?" asked {fname}.',
             '"What is wrong?" {fname} asked.',
             '"Can I help you?" {fname} asked.',
-        ], ctx))
-        out.append(pick(rng, [
+        ],
+        [
             '"I lost my {thing}," said {name}. "Will you help me find it?"',
             '"My {obj} is gone," said {name}. "I looked everywhere."',
-        ], ctx))
-        out.append(pick(rng, [
+        ],
+        [
             "{fName} nodded, and they looked together.",
             '"Let\'s look together," said {fname}.',
             "{fName} smiled and said, \"Two friends can find anything!\"",
-        ], ctx))
-        finder = "{fname}"
-    else:
-        out.append(pick(rng, [
+        ],
+        ("let", "finder", "{fname}"),
+    ], [  # ... or the hero asks a parent
+        [
             "{Name} ran to {his} {parent} and told {phim} what happened.",
             "{His} {parent} saw {him} and gave {him} a hug.",
-        ], caps(ctx)))
-        out.append(pick(rng, [
+        ],
+        [
             '"Don\'t worry," said {his} {parent}. "We will find it together."',
             '"Let\'s think," said {his} {parent}. "Where did you have it last?"',
-        ], ctx))
-        finder = "{name}"
-    out.append(pick(rng, [
-        "At last, " + finder + " saw something {spot}. It was the {obj}!",
+        ],
+        ("let", "finder", "{name}"),
+    ]),
+    [
+        "At last, {finder} saw something {spot}. It was the {obj}!",
         "They looked {spot}, and there it was!",
-        "Then " + finder + " found the {thing} {spot}.",
+        "Then {finder} found the {thing} {spot}.",
         "Suddenly, {an_animal} {move} by, and it had the {obj}!",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         '"Thank you!" said {name}, and {he} hugged {his} {obj} tight.',
         "{Name} was so {happy} to have {his} {obj} back.",
         "{Name} jumped up and down. {He} was very {happy}.",
-    ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    [
         "From that day on, {name} always kept {his} {obj} close.",
         "After that, {name} was more careful with {his} things.",
         "That night, {name} put the {obj} right next to {his} bed.",
-    ], ctx))
-    return out
+    ],
+]
 
-
-def arc_friend(rng, ctx):
-    out = [pick(rng, [
+ARC_STEPS["friend"] = [
+    [
         "One {time}, {name} went to the {place} to {activity}.",
         "One {weather} day, {name} was at the {place}.",
         "{Name} had just moved to a new town, and {he} did not know anyone.",
-    ], caps(ctx))]
-    out.append(pick(rng, [
+    ],
+    [
         "{He} felt a little {sad} because {he} had no one to play with.",
         "All the other kids were playing together, and {name} felt {sad}.",
         "{He} wanted a friend to play with.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "Then {he} saw {fdesc} sitting all alone.",
         "Then {he} saw {fdesc} near the {place2}.",
         "Just then, {fdesc} came over and sat down next to {him}.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    ("choose", "shy", ["shy", "lonely", "quiet", "sad"]),
+    [
         "{fName} looked {shy} too.",
         "{fName} was trying to {activity2}, but it was hard to do alone.",
         "{fName} was humming a little song.",
-    ], dict(ctx, shy=choose(rng, ["shy", "lonely", "quiet", "sad"]))))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} was {scared} to say hello, but {he} took a deep breath.",
         "{Name} walked over with a big smile.",
         "{Name} waved and walked closer.",
-    ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    [
         '"Hi, I am {name}," {he} {said}. "Do you want to play with me?"',
         '"Hello! What is your name?" asked {name}.',
         '"Can I play too?" {name} asked.',
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         '"I am {fname}," said the {fkind}. "Yes, let\'s play!"',
         '"My name is {fname}," said the {fkind} with a smile. "I would love to play!"',
         'The {fkind} smiled. "I am {fname}. I was hoping someone would ask."',
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "They played together all {time} long.",
         "Together, they liked to {activity} and {activity2}.",
         "They laughed and ran until the sun went down.",
         "They shared {treats} and told funny stories.",
-    ], ctx))
-    if rng.random() < 0.5:
-        out.append(pick(rng, [
-            "When it was time to go home, {fname} gave {name} a hug.",
-            '"Will you come back tomorrow?" asked {fname}. "Yes!" said {name}.',
-            "{Name} had never had so much fun.",
-        ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    ("chance", 0.5, [[
+        "When it was time to go home, {fname} gave {name} a hug.",
+        '"Will you come back tomorrow?" asked {fname}. "Yes!" said {name}.',
+        "{Name} had never had so much fun.",
+    ]]),
+    [
         "From that day on, {name} and {fname} were best friends.",
         "Now {name} was not {sad} anymore. {He} had a new friend.",
         "Every day after that, {name} and {fname} met at the {place}.",
-    ], caps(ctx)))
-    return out
+    ],
+]
 
-
-def arc_fear(rng, ctx):
-    fear, act, where = choose(rng, FEARS)
-    c = caps(dict(ctx, fear=fear, act=act.format_map(ctx), where=where.format_map(ctx)))
-    out = [pick(rng, [
+ARC_STEPS["fear"] = [
+    ("choose", "fear act where", FEARS),
+    [
         "{Name} was {scared} of {fear}.",
         "There was one thing {name} did not like: {fear}.",
         "{Name} was brave about many things, but {he} was {scared} of {fear}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "One day, {his} {parent} asked {him} to {act} {where}.",
         "One {time}, {name} had to {act} {where}.",
         "All the other kids could {act}, but {name} could not.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"I can\'t do it," {name} {said}. "I am too {scared}."',
         '"What if something bad happens?" {he} asked.',
         '"No, no, no!" {name} {said}, and {he} hid behind {his} {parent}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{His} {parent} knelt down and held {his} hand.",
         "{His} {parent} gave {him} a big hug.",
         "{fName}, {his} friend, came and stood next to {him}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"It is okay to be {scared}," said {his} {parent}. "I will be right here."',
         '"You are braver than you think," said {his} {parent}.',
         '"Let\'s try it together, one little step at a time," {phe} said.',
         '"I was {scared} too, the first time," {fname} said. "Then it was fun!"',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} took a deep breath.",
         "{Name} closed {his} eyes and counted to three.",
         "{Name} thought about it for a long time.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Then, slowly, {he} tried to {act}.",
         "Then {he} did it: {he} began to {act}.",
         "Step by step, {he} got ready to {act}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "It was not scary at all! It was fun!",
         "{His} heart was beating fast, but nothing bad happened.",
         "At first it was hard, but then {he} started to smile.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"I did it!" {name} {said2}. "I am not {scared} anymore!"',
         '"Look at me!" shouted {name}. "I did it!"',
         '"That was easy!" {name} laughed.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{His} {parent} was very proud of {him}.",
         "Everyone clapped for {name}.",
         "{Name} felt {happy} and brave.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_share(rng, ctx):
-    item = choose(rng, [ctx["thing"], ctx["treats"]])
-    is_food = item == ctx["treats"]
-    c = caps(dict(ctx, item=item, it="them" if is_food else "it",
-                  some=("some " + item) if is_food else "a turn with the " + item))
-    out = [pick(rng, [
+ARC_STEPS["share"] = [
+    # The hero's toy or a bag of treats; the grammar around it follows.
+    ("choose", "item it some some_item Its", [
+        ("{thing}", "it", "a turn with the {thing}", "{a_thing}", "It is"),
+        ("{treats}", "them", "some {treats}", "a big bag of {treats}", "They are"),
+    ]),
+    [
         "One {time}, {name} had {some_item}.",
         "{Name} got {some_item} from {his} {parent}.",
         "One day, {name} brought {some_item} to the {place}.",
-    ], dict(c, some_item=("a big bag of " + item) if is_food else an(item)))]
-    out.append(pick(rng, [
-        "{He} loved {them} very much.",
-        "{He} did not want anyone else to touch {them}.",
-        "{He} held {them} close and smiled.",
-    ], dict(c, them=c["it"])))
-    out.append(pick(rng, [
+    ],
+    [
+        "{He} loved {it} very much.",
+        "{He} did not want anyone else to touch {it}.",
+        "{He} held {it} close and smiled.",
+    ],
+    [
         "Then {fdesc} came over.",
-        "Soon {fname} came to play. {fHe} was {adj2}.",
+        "Soon {fname} came to play. {fHe} was {fadj}.",
         "{fdesc} saw {name} and walked over.",
-    ], dict(c, adj2=ctx["fadj"])))
-    out.append(pick(rng, [
+    ],
+    [
         '"Can I have {some}, please?" asked {fname}.',
         '"That looks fun! Can I try?" {fname} asked.',
         '"May I have {some}?" {fname} asked in a small voice.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"No! {Its} mine!" {name} {said}.',
         '"No," said {name}. "I want {it} all for me."',
         "{Name} shook {his} head and turned away.",
-    ], dict(c, Its="They are" if is_food else "It is")))
-    out.append(pick(rng, [
+    ],
+    [
         "{fName} looked down. {fHe} was very {sad}.",
         "{fName} walked away slowly, and {fhe} looked {sad}.",
         "{fName} sat down alone. A tear rolled down {fhis} cheek.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} did not feel good inside.",
         "{Name} looked at {his} {item} and then at {fname}.",
         "{Name} remembered what {his} {parent} always said about sharing.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Wait!" {name} {said2}. "You can have {some}."',
         '{Name} ran after {fname}. "I am sorry. Let\'s share!"',
         '"Here," said {name}. "We can share."',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{fName} smiled a big smile.",
         '"Thank you!" said {fname}, and {fhe} gave {name} a hug.',
         "{fName} clapped {fhis} hands.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "They had so much more fun together.",
         "Sharing made {name} feel warm and {happy}.",
         "They played together until it was time to go home.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_trip(rng, ctx):
-    sights = rng.sample(SIGHTS, 3)
-    c = caps(dict(ctx, s1=sights[0], s2=sights[1], s3=sights[2]))
-    out = [pick(rng, [
+ARC_STEPS["trip"] = [
+    ("sample", "s1 s2 s3", SIGHTS),
+    [
         "One {weather} {season} day, {name} and {his} {parent} went on a trip to the {place}.",
         "One {day}, {his} {parent} said, \"Today we are going to the {place}!\"",
         "{Name} was {happy} because today the family was going to the {place}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "{He} packed {his} bag with {treats} and {a_thing}.",
         "They rode in the car for a long time, and {name} sang songs.",
         "They took the bus, and {name} looked out the window the whole way.",
         "They walked a long way, and {name} counted the birds in the sky.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "At the {place}, there were {s1} and {s2}.",
         "When they got there, {name} saw {s1}, {s2} and {s3}.",
         "The {place} was full of {s1}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Look!" {name} {said}. "I see {s3}!"',
         '"Wow!" said {name}. "This is the best day ever!"',
         '"Can we stay here forever?" asked {name}.',
-    ], c))
-    if rng.random() < 0.6:
-        out.append(pick(rng, [
+    ],
+    ("chance", 0.6, [  # a little trouble on the way
+        [
             "Then {name} wandered off to look at {an_animal}, and soon {he} could not see {his} {parent}.",
             "Then {name} dropped {his} {obj}, and it rolled far away.",
             "Then it started to get cold, and {name} began to feel tired.",
             "Then {an_animal} {move} right up to {name} and said \"{sound}!\"",
-        ], c))
-        out.append(pick(rng, [
+        ],
+        [
             "{He} felt {scared}, but then {he} heard {his} {parent} call {his} name.",
             "{His} {parent} helped {him}, and soon everything was fine.",
             "{Name} laughed, and {his} {parent} laughed too.",
             "{He} stayed calm and waited, just like {his} {parent} had told {him}.",
-        ], c))
-    out.append(pick(rng, [
+        ],
+    ]),
+    [
         "They ate {treats} on a blanket and watched the {s1}.",
         "They took a picture to remember the day.",
         "{Name} found a little stone to take home.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "When the sun went down, they went home. {Name} was tired but {happy}.",
         "On the way home, {name} fell asleep with a smile on {his} face.",
         "That night, {name} told {his} friend {fname} all about the trip.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_storm(rng, ctx):
-    out = [pick(rng, [
+ARC_STEPS["storm"] = [
+    [
         "One {time}, {name} was playing outside at the {place}.",
         "One {season} day, {name} and {fname} went to the {place} to {activity}.",
         "{Name} was in the {place} with {his} {thing}.",
-    ], caps(ctx))]
-    out.append(pick(rng, [
+    ],
+    [
         "Suddenly, the sky got dark and the wind began to blow.",
         "Then big gray clouds rolled in, and it started to rain.",
         "All at once, there was a loud boom of thunder.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         '"A storm is coming!" {name} {said}.',
         '"What was that?" {name} asked, holding on to {his} {obj}.',
         '"We need to get inside!" shouted {fname}.',
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "{He} ran to hide under a big tree, but {his} {parent} called {him} inside.",
         "{He} ran as fast as {he} could to the {place2}.",
         "They hid in an old shed near the {place2}.",
         "{His} {parent} ran out with a big umbrella and took {him} home.",
-    ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    [
         "The rain went pitter patter on the roof. {Name} felt {scared}.",
         "The wind was loud, and the trees were shaking.",
         "Lightning flashed, and {name} covered {his} eyes.",
-    ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    [
         '"It is just rain," said {his} {parent}. "We are safe and warm in here."',
         '"Let\'s count between the thunder and the lightning," said {fname}.',
         '"Storms are loud, but they don\'t last long," {his} {parent} said softly.',
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "They drank warm milk and told stories while they waited.",
         "They sang a song to make the storm feel less scary.",
         "{Name} hugged {his} {obj} and waited.",
-    ], caps(ctx)))
-    out.append(pick(rng, [
+    ],
+    [
         "After a while, the rain stopped and the sun came out.",
         "Soon the clouds went away, and the sky was blue again.",
         "At last the storm was over.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         "Then {name} saw a big, bright rainbow in the sky!",
         "There were puddles everywhere, and {name} jumped in every one of them.",
         "Everything smelled fresh and clean, and the birds began to sing.",
-    ], ctx))
-    out.append(pick(rng, [
+    ],
+    [
         '"Look, a rainbow!" {name} {said2}. "The storm was not so bad after all."',
         "{Name} was not {scared} anymore. {He} was {happy}.",
         '"I like storms now," said {name}, "because they end with rainbows."',
-    ], caps(ctx)))
-    return out
+    ],
+]
 
-
-def arc_bake(rng, ctx):
-    bake = choose(rng, BAKES)
-    ing = rng.sample(INGREDIENTS, 3)
-    c = caps(dict(ctx, bake=bake, i1=ing[0], i2=ing[1], i3=ing[2]))
-    out = [pick(rng, [
+ARC_STEPS["bake"] = [
+    ("choose", "bake", BAKES),
+    ("sample", "i1 i2 i3", INGREDIENTS),
+    [
         "One {time}, {name} and {his} {parent} decided to bake {bake}.",
         "{Name} wanted to bake {bake} for {fname}.",
         "It was a {weather} day, and {name} wanted to make {bake} with {his} {parent}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "They got out a big bowl, a spoon, and some {i1}.",
         "{He} put on a little apron and washed {his} hands.",
         "{His} {parent} read the recipe out loud.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} poured in the {i1} and the {i2}, and then {he} added the {i3}.",
         "They mixed the {i1} with the {i2} and stirred and stirred.",
         "First they added the {i1}. Then {name} put in the {i2} and a little {i3}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "But oh no! {Name} spilled the {i2} all over the floor.",
         "But {name} put in too much {i3}, and it did not taste good.",
         "But the {animal} jumped up on the table and knocked over the bowl.",
         "But {name} was in a hurry and forgot to mix it well.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} felt {sad}. \"I ruined it,\" {he} said.",
         '"Oops!" said {name}. {He} wanted to cry.',
         "{Name} looked at the mess and sighed.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"That\'s okay," said {his} {parent}. "We can try again."',
         '{His} {parent} laughed. "Everyone makes mistakes. Let\'s fix it."',
         '"Mistakes help us learn," {his} {parent} said with a smile.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "So they cleaned up and started over, more slowly this time.",
         "This time, {name} measured everything very carefully.",
         "They tried again, and this time {name} stirred it just right.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Soon the kitchen smelled sweet and warm.",
         "They put it in the oven and waited. {Name} watched through the little window.",
         "When it came out of the oven, it was golden and perfect.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} shared it with {fname} and all the neighbors.",
         "They ate it together at the table, and it was yummy.",
         "{Name} gave the first piece to {his} {parent}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"This is the best {bake_name} ever!" said {fname}.',
         '"Yum!" {name} {said2}. "We did it!"',
         "Everyone said it was delicious, and {name} felt {happy}.",
-    ], dict(c, bake_name=bake.split()[-1])))
-    return out
+    ],
+]
 
-
-def arc_race(rng, ctx):
-    c = caps(dict(ctx, goal=choose(rng, ["the big tree", "the top of the hill", "the red fence",
-                                         "the pond", "the old gate", "the swings", "the barn",
-                                         "the end of the road"])))
-    out = [pick(rng, [
+ARC_STEPS["race"] = [
+    ("choose", "goal", ["the big tree", "the top of the hill", "the red fence", "the pond",
+                        "the old gate", "the swings", "the barn", "the end of the road"]),
+    [
         "One {time}, {name} and {fname} were playing at the {place}.",
         "{Name} and {his} friend {fname} loved to run.",
         "One {weather} day, {name} met {fdesc} at the {place}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         '"Let\'s have a race to {goal}!" said {fname}.',
         '"I bet I can run faster than you!" {name} {said}.',
         '"Race you to {goal}!" shouted {name}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "They stood in a line. \"Ready, set, go!\"",
         "{fName} counted to three, and off they went!",
         "They both started running as fast as they could.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} was in front. {He} wanted to win so much.",
         "The wind was in {his} hair, and {name} ran and ran.",
         "{Name} was fast, but {fname} was fast too.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Then {fname} tripped on a rock and fell down.",
         "Then {fname} slipped in the mud and hurt {fhis} knee.",
         "Then {fname} stopped. {fHe} had a pain in {fhis} side.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Ouch!" cried {fname}.',
         '"Help!" {fname} called.',
         "{fName} sat on the ground and started to cry.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} could see {goal}. {He} could win!",
         "{Name} was almost at {goal}.",
         "{Name} heard {fname} and stopped.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "But {name} turned around and ran back to {fname}.",
         "But {he} did not want to leave {his} friend. {He} ran back.",
         "{Name} thought for a second, and then {he} went back to help.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Are you okay?" asked {name}. "Let me help you up."',
         '"Hold my hand," said {name}. "We can walk together."',
         '"I am here," {name} said. "Winning is not important."',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "They walked to {goal} together, hand in hand.",
         "They crossed the finish line at the same time, laughing.",
         "They went to {goal} together, slowly, and both of them were winners.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Thank you," said {fname}. "You are the best friend ever."',
         "{fName} smiled, and {name} felt {happy} inside.",
         "Everyone cheered for both of them.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_help(rng, ctx):
-    who, trouble, fix, thanks = choose(rng, TROUBLES)
-    c = caps(dict(ctx, who=who, trouble=trouble, fix=fix.format_map(ctx),
-                  thanks=thanks.format_map(ctx)))
-    c["the_who"] = "the " + who.split(" ", 1)[1] if who.startswith(("a ", "an ")) else who
-    out = [pick(rng, [
+ARC_STEPS["help"] = [
+    ("choose", "who trouble fix thanks", TROUBLES),
+    [
         "One {time}, {name} was walking to the {place}.",
         "One {weather} day, {name} was playing near the {place}.",
         "{Name} was on {his} way home from the {place}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "Then {he} saw {who}. {the_who} {trouble}.",
         "On the way, {he} heard a small sound. It was {who} who {trouble}.",
         "Near the {place2}, {name} met {who} who {trouble}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} felt sorry for {the_who}.",
         '"Oh no," said {name}. "I have to help."',
         "{Name} stopped. {He} wanted to help.",
-    ], c))
-    if rng.random() < 0.5:
-        out.append(pick(rng, [
-            "{fName} said, \"Come on, we will be late!\" But {name} did not go.",
-            "It was almost time for dinner, but {name} stayed.",
-            "It was hard, and {name} was only small.",
-        ], c))
-    out.append(pick(rng, [
+    ],
+    ("chance", 0.5, [[
+        "{fName} said, \"Come on, we will be late!\" But {name} did not go.",
+        "It was almost time for dinner, but {name} stayed.",
+        "It was hard, and {name} was only small.",
+    ]]),
+    [
         "So {name} {fix}.",
         "{Name} thought hard. Then {he} {fix}.",
         "Carefully, {name} {fix}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "It took a long time, but {he} did not give up.",
         "It was not easy, but {name} kept going.",
         "{Name} was very gentle.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "At last, it was done, and {the_who} {thanks}.",
         "Then {the_who} {thanks}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} felt warm and {happy} inside.",
         "{Name} smiled all the way home.",
         "When {name} told {his} {parent}, {phe} gave {him} a big hug.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"You are a good helper," said {his} {parent}.',
         '"I am proud of you," said {his} {parent}.',
         '"Helping feels good," said {name}.',
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_sorry(rng, ctx):
-    c = caps(ctx)
-    out = [pick(rng, [
+ARC_STEPS["sorry"] = [
+    [
         "{Name}'s friend {fname} had {a_thing}.",
         "{fName} had a new {thing}, and {name} wanted to play with it.",
         "One day, {name} saw {fname}'s {thing} on the table.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "{fName} said, \"Please be careful with it.\"",
         "{Name} knew {he} should ask first, but {he} took it anyway.",
         "When {fname} went to the {place}, {name} picked it up.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{He} played with it and threw it up high.",
         "{He} ran around the room with it.",
         "{He} played with it outside near the {place2}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Then, crack! The {obj} broke.",
         "Then {he} dropped it, and it broke into two pieces.",
         "Then it fell {spot} and got all dirty and broken.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} felt {scared}. {He} hid the {obj} {spot2}.",
         "{Name} did not know what to do, so {he} hid it.",
         "{Name} put it back and did not say anything.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "When {fname} came back, {fhe} looked for {fhis} {obj}.",
         '"Have you seen my {obj}?" asked {fname}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{Name} said nothing, but {his} tummy felt funny.",
         "{Name} looked at the floor. {He} felt very bad.",
         '"No," said {name}. But {he} knew that was not true.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "That night, {name} could not sleep. {He} told {his} {parent} everything.",
         "After a while, {name} could not keep it inside anymore.",
         "{Name} thought about how {fname} must feel.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"I am sorry, {fname}," {name} {said}. "I broke your {obj}, and I hid it."',
         '{Name} went to {fname}. "I broke it," {he} said. "I am so sorry."',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '{fName} was {sad}, but then {fhe} said, "Thank you for telling me the truth."',
         '{fName} was quiet for a moment. Then {fhe} said, "It\'s okay. Let\'s fix it."',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "They fixed the {obj} together with some glue and tape.",
         "{Name}'s {parent} helped them fix it, and it was almost like new.",
         "{Name} gave {fname} {his} own {treats} to say sorry, and they played together again.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_garden(rng, ctx):
-    plant, looks = choose(rng, SEEDS)
-    c = caps(dict(ctx, plant=plant, looks=looks, a_plant=an(plant)))
-    out = [pick(rng, [
+ARC_STEPS["garden"] = [
+    ("choose", "plant looks", SEEDS),
+    [
         "One {season} day, {name}'s {parent} gave {him} a tiny {plant} seed.",
         "{Name} found a little seed in {his} pocket. {His} {parent} said it was {a_plant} seed.",
         "One {time}, {name} wanted to grow {a_plant} in the garden.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "{He} dug a small hole and put the seed in the dirt.",
         "{He} planted it in a pot by the window.",
         "{He} and {his} {parent} planted it near the fence.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Every day, {name} gave it water and talked to it.",
         "{He} watered it every {time} and sang it a song.",
         "Each day, {name} checked on the seed before {he} went to {activity}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "But nothing happened. {Name} felt {sad}.",
         "But the dirt looked the same, day after day.",
         "After three days, there was still nothing.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Why is it not growing?" {name} asked.',
         '"It is taking too long!" {name} {said}.',
         '"Maybe my seed is broken," {name} {said}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Be patient," said {his} {parent}. "Seeds need time, water and sun."',
         '"Good things take time," {his} {parent} said. "Keep taking care of it."',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "So {name} waited, and kept watering it.",
         "{Name} did not give up.",
         "So {name} kept helping the seed every day, even when it was {weather}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "One {time}, {he} saw a tiny green sprout!",
         "Then one day, a little green leaf popped out of the dirt.",
         "After many days, a small plant came up.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "It grew and grew, until it was {looks}.",
         "By the end of {season}, the {plant} was {looks}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Look what I grew!" {name} {said2} to {fname}.',
         "{Name} was so {happy}. {He} showed it to everyone.",
         "{Name} smiled. {His} waiting had paid off.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_gift(rng, ctx):
-    c = caps(ctx)
-    c["gift"] = choose(rng, GIFTS).format_map(ctx)
-    out = [pick(rng, [
+ARC_STEPS["gift"] = [
+    ("choose", "gift", GIFTS),
+    [
         "Tomorrow was {fname}'s birthday, and {name} wanted to give {fhim} a present.",
         "{Name} knew that {his} friend {fname} was feeling {sad}.",
         "It was almost {fname}'s birthday.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         "But {name} had no money to buy a present.",
         "{Name} thought and thought about what to give {fhim}.",
         '"What can I give {fname}?" {name} asked {his} {parent}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"The best presents are the ones you make," said {his} {parent}.',
         "Then {name} had an idea!",
         "{Name} looked around {his} room, and then {he} smiled.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{He} decided to make {gift}.",
         "{He} worked all {time} on {gift}.",
         "{He} got out paper, glue and crayons and made {gift}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "It was hard work, and {he} had to start over twice.",
         "{He} used {his} favorite colors.",
         "{His} {parent} helped a little, but {name} did most of it.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "The next day, {name} went to the party at the {place}.",
         "The next day, {name} knocked on {fname}'s door.",
         "At the party, there were balloons and {treats} everywhere.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "The other kids had big shiny presents, and {name} felt a little shy.",
         "{Name} held out {his} gift. \"I made it for you,\" {he} said.",
         '"Happy birthday, {fname}!" {name} {said}.',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{fName} opened it, and {fhis} eyes got big.",
         "{fName} looked at the gift for a long time.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"I love it!" said {fname}. "This is my favorite present!"',
         '"You made this for me?" asked {fname}. "Thank you so much!"',
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "{fName} gave {name} a big hug, and they both felt {happy}.",
         "{fName} kept the gift in a special place for a long, long time.",
-    ], c))
-    return out
+    ],
+]
 
-
-def arc_listen(rng, ctx):
-    danger = choose(rng, [
-        ("the pond", "the edge is slippery", "slipped and fell into the water",
-         "got all wet and cold"),
-        ("the muddy hill", "it is very muddy", "slid all the way down",
-         "was covered in mud from head to toe"),
-        ("the old fence", "it has sharp nails", "tore {his} shirt on a nail",
-         "had a big scratch on {his} arm"),
-        ("the bee hive", "the bees might sting", "poked the hive with a stick",
-         "got a sting on {his} nose"),
-        ("the tall rocks", "they are too high", "climbed up and could not get down",
-         "had to wait for help for a long time"),
-        ("the deep woods", "it is easy to get lost", "followed {an_animal} into the trees",
-         "was lost and could not find the way home"),
-        ("the hot stove", "it is very hot", "touched the pot",
-         "burned {his} finger"),
-    ])
-    where, why, oops, result = (s.format_map(ctx) for s in danger)
-    c = caps(dict(ctx, where=where, why=why, oops=oops, result=result))
-    out = [pick(rng, [
+ARC_STEPS["listen"] = [
+    ("choose", "where why oops result", DANGERS),
+    [
         "One {time}, {name} was playing near {where}.",
         "{Name} was a very curious {kind}, and {he} always wanted to explore.",
         "One {weather} day, {name} and {his} {parent} went to the {place}.",
-    ], c)]
-    out.append(pick(rng, [
+    ],
+    [
         '"Don\'t go near {where}," said {his} {parent}, "because {why}."',
         '{His} {parent} said, "Stay away from {where}. {Why}."',
-    ], dict(c, Why=why[0].upper() + why[1:])))
-    out.append(pick(rng, [
+    ],
+    [
         '"Okay," said {name}, but {he} did not really listen.',
         "{Name} nodded, but {he} really wanted to see {where}.",
         "{Name} thought {his} {parent} was just being silly.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "When no one was looking, {name} went to {where}.",
         "Soon, {name} walked right up to {where}.",
         "{Name} tiptoed away to {where}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         "Then {he} {oops}.",
         "Oh no! {Name} {oops}.",
         "{He} got too close and {oops}.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Help!" {name} {said}. "{Parent}, help!"',
         "{Name} started to cry. {He} {result}.",
         "Now {he} {result}.",
-    ], dict(c, Parent=ctx["parent"].capitalize())))
-    out.append(pick(rng, [
+    ],
+    [
         "{His} {parent} came running and helped {him}.",
         "{His} {parent} heard {him} and came right away.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"Are you okay?" asked {his} {parent}. {Name} nodded, feeling {sad}.',
         "{His} {parent} hugged {him} and cleaned {him} up.",
-    ], c))
-    out.append(pick(rng, [
+    ],
+    [
         '"I am sorry," said {name}. "I should have listened to you."',
         '"Next time, I will listen," {name} promised.',
-    ], c))
-    if rng.random() < 0.5:
-        out.append(pick(rng, [
-            '"I know you will," said {his} {parent} with a smile.',
-            "{His} {parent} smiled and kissed {his} head.",
-        ], c))
-    return out
+    ],
+    ("chance", 0.5, [[
+        '"I know you will," said {his} {parent} with a smile.',
+        "{His} {parent} smiled and kissed {his} head.",
+    ]]),
+]
 
-
-ARCS = {
-    "lost": arc_lost, "friend": arc_friend, "fear": arc_fear, "share": arc_share,
-    "trip": arc_trip, "storm": arc_storm, "bake": arc_bake, "race": arc_race,
-    "help": arc_help, "sorry": arc_sorry, "garden": arc_garden, "gift": arc_gift,
-    "listen": arc_listen,
-}
-ARC_NAMES = sorted(ARCS)
-
-
-def ending(rng, ctx, arc: str):
-    c = caps(dict(ctx, moral=choose(rng, MORALS[arc]).format_map(ctx)))
-    out = []
-    if rng.random() < 0.75:
-        out.append(pick(rng, [
-            "{Name} learned that {moral}.",
-            "That day, {name} learned that {moral}.",
-            "And {name} learned an important lesson: {moral}.",
-            "From then on, {name} knew that {moral}.",
-            "{Name} always remembered that {moral}.",
-        ], c))
-    out.append(pick(rng, [
+# Follows a ("choose", "moral", MORALS[arc]) step.
+ENDING: list[Step] = [
+    ("chance", 0.75, [[
+        "{Name} learned that {moral}.",
+        "That day, {name} learned that {moral}.",
+        "And {name} learned an important lesson: {moral}.",
+        "From then on, {name} knew that {moral}.",
+        "{Name} always remembered that {moral}.",
+    ]]),
+    [
         "The end.",
         "And they all lived happily ever after.",
         "{Name} smiled and went to sleep, dreaming of the {place}.",
@@ -1220,15 +1261,24 @@ def ending(rng, ctx, arc: str):
         "{Name} could not wait for the next adventure.",
         "And that is how {name} had the best day ever.",
         "{He} was very {happy2}.",
-    ], c))
-    return out
+    ],
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stories
+
+# ARCS[name](rng, ctx) tells just the middle of a story, from a dict of slots.
+ARCS = {name: functools.partial(tell, steps) for name, steps in ARC_STEPS.items()}
+ARC_NAMES = sorted(ARCS)
+STORY_STEPS = {name: OPENING + steps + [("choose", "moral", MORALS[name])] + ENDING
+               for name, steps in ARC_STEPS.items()}
 
 
 def make_story(rng: random.Random) -> str:
-    ctx = caps(make_context(rng))
+    slots = Slots(caps(make_context(rng)))
     arc = choose(rng, ARC_NAMES)
-    parts = opening(rng, ctx) + ARCS[arc](rng, ctx) + ending(rng, ctx, arc)
-    return " ".join(parts)
+    return " ".join(tell(STORY_STEPS[arc], rng, slots))
 
 
 def generate_stories(n: int, seed: int = 0) -> list[str]:
