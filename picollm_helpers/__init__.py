@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_3seqs": "data",
     "load_wiki": "data",
     "load_text_files": "data",
-    "make_datasets": "data",
+    "make_datasets": "batching",
     "LSTMSeqModel": "models",
     "KGramMLPSeqModel": "models",
     "TransformerModel": "models",

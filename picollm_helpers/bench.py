@@ -784,7 +784,7 @@ def bench_models(results=None):
 def bench_data(results=None, n_stories=100_000):
     """Tokenizing n synthetic stories with tiktoken's batch encoder on every core, then again from
     the on-disk cache (in a fresh cache folder, so "first" really is first); building batches."""
-    from . import data
+    from . import batching
     from .stories import generate_stories
     from .tokenizer import get_tokenizer
     tok = get_tokenizer()
@@ -796,10 +796,10 @@ def bench_data(results=None, n_stories=100_000):
         os.environ["PICOLLM_CACHE"] = tmp
         try:
             t0 = time.perf_counter()
-            tokens, lengths = data.tokenize_texts(texts, tok, name="bench")
+            tokens, lengths = batching.tokenize_texts(texts, tok, name="bench")
             first = time.perf_counter() - t0
             t0 = time.perf_counter()
-            data.tokenize_texts(texts, tok, name="bench")
+            batching.tokenize_texts(texts, tok, name="bench")
             cached = time.perf_counter() - t0
         finally:
             if old is None:
@@ -807,10 +807,10 @@ def bench_data(results=None, n_stories=100_000):
             else:
                 os.environ["PICOLLM_CACHE"] = old
     n_tok = int(lengths.sum())
-    ds = data.TokenDataset(tokens, data._offsets(lengths), lengths.clamp(max=257), "bench", tok.eot_token)
+    ds = batching.TokenDataset(tokens, batching._offsets(lengths), lengths.clamp(max=257), "bench", tok.eot_token)
     batches = 50
     t0 = time.perf_counter()
-    for i, _ in enumerate(data.batches(ds, 8, seed=0)):
+    for i, _ in enumerate(batching.batches(ds, 8, seed=0)):
         if i + 1 == batches:
             break
     t_batch = (time.perf_counter() - t0) / batches

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
 def _run(cfg: RunConfig, kinds, resume: bool, dist) -> None:
     import torch
 
-    from .data import make_datasets
+    from .batching import make_datasets
     from .models import build_model
     from .tokenizer import get_tokenizer
     from .training import train

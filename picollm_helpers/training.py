@@ -324,7 +324,7 @@ class _LossModule(nn.Module):
 
 
 def _collate(examples, pad_id: int):
-    from .data import collate_batch
+    from .batching import collate_batch
     return collate_batch(examples, pad_id=pad_id)
 
 

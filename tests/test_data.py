@@ -1,16 +1,16 @@
+"""The loaders in picollm_helpers.data (and the 3seqs file they read): local files, the hub path,
+the offline fallbacks, and the errors for bad input."""
+
 import json
-import re
 import socket
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from picollm_helpers import data, seqs, stories
-from picollm_helpers.config import RunConfig, repo_root
-from picollm_helpers.tokenizer import EOT_ID, CompactTokenizer, get_tokenizer
+from picollm_helpers.config import cache_dir, repo_root
+from picollm_helpers.tokenizer import get_tokenizer
 
 STORIES = ["Once upon a time, there was a cat.\nIt was happy.",
            "Tom had a red ball. He liked it.",
@@ -30,34 +30,6 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("PICOLLM_TINYSTORIES", raising=False)
     monkeypatch.delenv("PICOLLM_WIKI", raising=False)
     monkeypatch.setattr(data, "_hub_probe", None)
-
-
-class CountingTokenizer:
-    """The GPT-2 tokenizer, counting its batch calls."""
-
-    def __init__(self, tok):
-        self.tok, self.batch_calls = tok, 0
-        self.name, self.n_vocab, self.eot_token = tok.name, tok.n_vocab, tok.eot_token
-
-    def encode_ordinary(self, text):
-        return self.tok.encode_ordinary(text)
-
-    def encode_ordinary_batch(self, texts, num_threads=1):
-        self.batch_calls += 1
-        return self.tok.encode_ordinary_batch(texts, num_threads=num_threads)
-
-
-def cfg(**kw):
-    base = dict(input_files=(), tinystories_weight=0.0, wiki_weight=0.0, num_tinystories=200,
-                num_wiki_lines=200, packed=False, block_size=16, test_fraction=0.1, seed=1337, batch_size=4)
-    base.update(kw)
-    return SimpleNamespace(**base)
-
-
-def lines_file(tmp_path, n=300, name="lines.txt"):
-    path = tmp_path / name
-    path.write_text("\n".join(f"line {i} says hello to the number {i * 7}" for i in range(n)) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- 3seqs
@@ -191,12 +163,12 @@ def test_hub_failure_falls_back(monkeypatch, capsys):
     monkeypatch.setattr(data, "hub_offline_reason", lambda: None)
     corpus = data.load_tinystories(20)
     assert corpus.synthetic and "the hub failed: ConnectionError" in capsys.readouterr().out
-    assert not list((data.cache_dir() / "texts").glob("tinystories-hub-*"))
+    assert not list((cache_dir() / "texts").glob("tinystories-hub-*"))
 
 
 def test_synthetic_corpus_is_cached(monkeypatch):
     first = data.load_tinystories(100)
-    assert list((data.cache_dir() / "texts").glob("tinystories-synthetic-*.json"))
+    assert list((cache_dir() / "texts").glob("tinystories-synthetic-*.json"))
     monkeypatch.setattr(stories, "generate_stories", lambda *a, **k: pytest.fail("regenerated"))
     assert data.load_tinystories(100).texts == first.texts
 
@@ -228,18 +200,6 @@ def test_load_text_files(tmp_path, capsys):
     assert data.load_text_files(a).texts == ["first line", "second line"]
     assert capsys.readouterr().out.count("\n") == 2
     assert len(data.load_text_files(["3seqs.txt"])) == 10000  # the course's file, by name
-
-
-def test_wiki_offline_fallback_is_real_english(capsys):
-    corpus = data.load_wiki(400)
-    out = capsys.readouterr().out
-    assert corpus.synthetic and "Python" in out and "HF_HUB_OFFLINE=1" in out
-    assert len(corpus) == 400 and len(set(corpus.texts)) == 400
-    common = {"the", "is", "of", "a", "to", "and", "in"}
-    english = sum(len(common & set(line.lower().split())) >= 2 for line in corpus.texts)
-    assert english / len(corpus) > 0.8
-    assert sum(len(line.split()) for line in corpus.texts) > 5000
-    assert data.load_wiki(400).texts == corpus.texts  # deterministic (and cached)
 
 
 def test_wiki_local_file_drops_headings(tmp_path, monkeypatch):
@@ -297,169 +257,3 @@ def test_bad_n(bad):
     with pytest.raises(ValueError, match="n_lines"):
         data.load_wiki(bad)
 
-
-def test_bad_weights(tmp_path):
-    f = lines_file(tmp_path)
-    with pytest.raises(ValueError, match="sum to at most 1"):
-        data.source_weights(cfg(tinystories_weight=0.7, wiki_weight=0.5))
-    # With no input files, pico-llm draws every example from the named datasets.
-    assert data.source_weights(cfg(tinystories_weight=0.5)) == {"TinyStories": 1.0}
-    assert data.source_weights(cfg(tinystories_weight=0.3, wiki_weight=0.1)) == \
-        pytest.approx({"TinyStories": 0.75, "Wiki": 0.25})
-    with pytest.raises(ValueError, match="no data"):
-        data.make_datasets(cfg(), None)
-    assert data.source_weights(cfg(tinystories_weight=0.25, input_files=[str(f)])) == \
-        {"TinyStories": 0.25, "input files": 0.75}
-
-
-def test_collate_empty():
-    with pytest.raises(ValueError, match="no examples"):
-        data.collate_batch([])
-
-
-# ---------------------------------------------------------------------------------------------- datasets
-
-def test_collate_masks_exactly_the_padding():
-    a = torch.tensor([5, 6, 7, EOT_ID, 8])          # a real <|endoftext|> stays a target
-    b = torch.tensor([1, 2, 3])
-    c = torch.tensor([9])
-    x, y = data.collate_batch([a, b, c])
-    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (3, 4)
-    assert x.tolist() == [[5, 6, 7, EOT_ID], [1, 2, EOT_ID, EOT_ID], [EOT_ID] * 4]
-    assert y.tolist() == [[6, 7, EOT_ID, 8], [2, 3, -100, -100], [-100, -100, -100, -100]]
-    assert data.IGNORE_INDEX == -100
-
-
-def test_split_is_deterministic_and_disjoint(tmp_path, tok):
-    f = lines_file(tmp_path, n=300)
-    c = cfg(input_files=[str(f)], test_fraction=0.2)
-    train, test = data.make_datasets(c, tok)
-    train2, test2 = data.make_datasets(c, tok)
-    assert len(test) == 60 and len(train) == 240
-    assert [t.tolist() for t in test] == [t.tolist() for t in test2]
-    assert [t.tolist() for t in train] == [t.tolist() for t in train2]
-    train_set = {tuple(t.tolist()) for t in train}
-    test_set = {tuple(t.tolist()) for t in test}
-    assert not train_set & test_set and len(train_set | test_set) == 300
-    # the test set keeps the file's order
-    test_ids = [int(re.match(r"line (\d+)", tok.decode(t.tolist())).group(1)) for t in test]
-    assert test_ids == sorted(test_ids)
-    _, other = data.make_datasets(cfg(input_files=[str(f)], test_fraction=0.2, seed=7), tok)
-    assert {tuple(t.tolist()) for t in other} != test_set
-
-
-def test_per_line_truncation_and_storage(tmp_path, tok):
-    f = tmp_path / "long.txt"
-    f.write_text("short line\n" + " ".join(["word"] * 100) + "\nx\n")
-    train, test = data.make_datasets(cfg(input_files=[str(f)], test_fraction=0.0, block_size=8), tok)
-    assert len(test) == 0
-    lengths = sorted(len(t) for t in train)
-    assert lengths == [2, 9]  # "x" is one token: no target, dropped; the long line is cut to 9
-    assert train.tokens.dtype == torch.int32 and train[0].dtype == torch.int64
-
-
-def test_packed_windows(tmp_path, tok):
-    f = lines_file(tmp_path, n=50)
-    c = cfg(input_files=[str(f)], test_fraction=0.0, packed=True, block_size=16)
-    train, _ = data.make_datasets(c, tok)
-    docs = [tok.encode_ordinary(line) for line in f.read_text().splitlines()]
-    stream = [t for d in docs for t in d + [EOT_ID]]
-    assert all(len(t) <= 17 for t in train) and len(train[0]) == 17
-    rebuilt = train[0].tolist() + [t for ex in list(train)[1:] for t in ex.tolist()[1:]]
-    assert rebuilt == stream  # windows overlap by one token and cover the stream in order
-    assert sum(t.tolist().count(EOT_ID) for t in train) >= 50
-
-
-def test_mixing_proportions(tmp_path, tok):
-    f = tmp_path / "3seqs.txt"
-    f.write_text("\n".join(seqs.generate_3seqs(2000)) + "\n")
-    c = cfg(input_files=[str(f)], tinystories_weight=0.3, num_tinystories=2000)
-    train, test = data.make_datasets(c, tok)
-    n = len(train)
-    assert n == 1800 + 1800
-    from_stories = sum(bool(re.search(r"[A-Za-z]", tok.decode(t.tolist()))) for t in train)
-    assert abs(from_stories / n - 0.3) < 5 * (0.3 * 0.7 / n) ** 0.5  # within 5 standard deviations
-    assert train.parts["TinyStories"] == from_stories
-    # the test set is every source's held-out part, not a mixture
-    assert len(test) == 400 and test.parts == {"TinyStories": 200, "input files": 200}
-    again, _ = data.make_datasets(c, tok)
-    assert [t.tolist() for t in again] == [t.tolist() for t in train]  # the draw is seeded
-
-
-def test_tokenization_is_cached(tmp_path, tok):
-    f = lines_file(tmp_path)
-    c = cfg(input_files=[str(f)], tinystories_weight=0.5, num_tinystories=300)
-    counting = CountingTokenizer(tok)
-    train, test = data.make_datasets(c, counting)
-    assert counting.batch_calls == 2
-    assert len(list((data.cache_dir() / "tokens").glob("*.pt"))) == 2
-    cached = CountingTokenizer(tok)
-    train2, test2 = data.make_datasets(c, cached)
-    assert cached.batch_calls == 0
-    assert [t.tolist() for t in train2] == [t.tolist() for t in train]
-    # another block size reuses the same cache
-    data.make_datasets(cfg(input_files=[str(f)], tinystories_weight=0.5, num_tinystories=300, block_size=64), cached)
-    assert cached.batch_calls == 0
-
-
-def test_compact_tokenizer(tmp_path, tok):
-    f = lines_file(tmp_path)
-    full, _ = data.make_datasets(cfg(input_files=[str(f)]), tok)
-    used = {i for t in full for i in t.tolist()}
-    compact = CompactTokenizer(tok, used)
-    train, _ = data.make_datasets(cfg(input_files=[str(f)]), compact)
-    assert train.pad_id == compact.eot_token
-    assert max(int(t.max()) for t in train) < compact.n_vocab
-    assert compact.decode(train[0].tolist()) == tok.decode(full[0].tolist())
-    x, _ = next(data.batches(train, 4, seed=0))
-    assert int(x.max()) < compact.n_vocab
-
-
-def test_compact_vocab_config_builds_the_tokenizer_from_all_sources(tmp_path, tok, capsys):
-    f = lines_file(tmp_path)
-    full_train, full_test = data.make_datasets(cfg(input_files=[str(f)]), tok)
-    assert full_train.tokenizer is tok and full_train.vocab_size == 50257
-    train, test = data.make_datasets(cfg(input_files=[str(f)], compact_vocab=True), tok)
-    assert "compact" in capsys.readouterr().out
-    compact = train.tokenizer
-    assert isinstance(compact, CompactTokenizer) and test.tokenizer is compact
-    used = {i for ds in (full_train, full_test) for t in ds for i in t.tolist()}
-    assert train.vocab_size == len(used | {tok.eot_token}) + 1
-    # Same examples, renumbered: decoding gives the same text, and the test set needs no <|unk|>.
-    assert [compact.decode(t.tolist()) for t in test] == [tok.decode(t.tolist()) for t in full_test]
-    assert all(int(t.max()) < compact.unk_token for t in test)
-
-
-def test_with_runconfig(tmp_path, tok, capsys):
-    f = lines_file(tmp_path)
-    c = RunConfig(tinystories_weight=0.0, input_files=[str(f)], block_size=32, batch_size=8)
-    train, test = data.make_datasets(c, tok)
-    assert len(train) + len(test) == 300
-    assert "Datasets:" in capsys.readouterr().out
-
-
-def test_batches_and_loader_are_seeded(tmp_path, tok):
-    f = lines_file(tmp_path, n=100)
-    train, _ = data.make_datasets(cfg(input_files=[str(f)], test_fraction=0.0), tok)
-
-    def firsts(it):  # each batch's rows, as token lists
-        return [x.tolist() for x, _ in it]
-
-    a = firsts(data.batches(train, 8, seed=3))
-    assert a == firsts(data.batches(train, 8, seed=3))
-    assert a != firsts(data.batches(train, 8, seed=3, epoch=1))
-    assert sum(len(b) for b in a) == 100
-    assert len(list(data.batches(train, 8, seed=3, drop_last=True))) == 12
-    loader = data.make_loader(train, cfg(batch_size=8, seed=3))
-    x, y = next(iter(loader))
-    assert x.shape[0] == 8 and (y[x == EOT_ID] == -100).all()
-    assert firsts(loader) == firsts(loader) == a  # the order of batches(); re-iterating repeats it
-    loader.sampler.set_epoch(1)
-    assert firsts(loader) == firsts(data.batches(train, 8, seed=3, epoch=1))
-
-
-def test_source_without_training_examples(tmp_path, tok):
-    f = tmp_path / "tiny.txt"
-    f.write_text("x\ny\nz\n")  # one token per line: no (input, target) pair
-    with pytest.raises(ValueError, match="no training examples"):
-        data.make_datasets(cfg(input_files=[str(f)]), tok)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from picollm_helpers import training as tr
 from picollm_helpers.config import RunConfig
-from picollm_helpers.data import TokenDataset
+from picollm_helpers.batching import TokenDataset
 from picollm_helpers.models import build_model
 from picollm_helpers.seqs import generate_3seqs
 from picollm_helpers.tokenizer import CompactTokenizer, get_tokenizer
