@@ -37,6 +37,8 @@ _EXPORTS = {
     "TopPExplorer": "widgets",
     "AttentionExplorer": "widgets",
     "head_scores": "interp",
+    "run_with_cache": "interp",
+    "run_with_hooks": "interp",
     "record_result": "results",
 }
 

@@ -150,14 +150,12 @@ def _save_attention(model, tokenizer, cfg, run_dir: Path) -> None:
     """The transformer's attention on the prompt: attention.pt and a heatmap of the last block's head 0."""
     import torch
 
-    from .plots import plot_attention
     from .files import atomic_write
+    from .interp import attention_patterns
+    from .plots import plot_attention
 
     ids = tokenizer.encode_ordinary(cfg.prompt)[-cfg.block_size:]
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        _, attn = model(torch.tensor([ids], device=device), return_attn=True)  # {name: (1, H, T, T)}
+    attn = attention_patterns(model, torch.tensor([ids]))  # {"blocks.i.attn": (1, H, T, T)}, eval, no grad
     tokens = [tokenizer.decode([i]) for i in ids]
     doc = {"prompt": cfg.prompt, "tokens": tokens,
            "attention": {name: a[0].float().cpu() for name, a in attn.items()}}   # name -> (H, T, T)

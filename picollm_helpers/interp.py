@@ -1,8 +1,21 @@
-"""Scores that say what each attention head does, computed from its attention pattern.
+"""Reading and editing a transformer's activations by name; scores that say what each head does.
 
-A head's pattern for one sequence is a (T, T) matrix A: row q is how query position q spreads its
-attention over key positions k <= q (each row sums to 1). Reading heatmaps by eye invites stories;
-these scores turn the common head types into numbers, averaged over query positions and prompts:
+Running with hooks. Every activation of `TransformerModel` passes through a named identity layer,
+a HookPoint (the names are listed in `models/transformer.py`: "hook_embed",
+"blocks.3.attn.hook_pattern", "blocks.3.attn.hook_z", ...; `hook_names(model)` lists them).
+
+    logits, cache = run_with_cache(model, idx)                        # every activation
+    logits, cache = run_with_cache(model, idx, ["blocks.0.attn.hook_pattern"])
+    cache["blocks.0.attn.hook_pattern"]                               # (B, H, T, T)
+    logits = run_with_hooks(model, idx, {"blocks.2.hook_resid_mid": fn})  # fn(act, name) -> new act or None
+
+Attention patterns are computed only when a pattern hook point is asked for: otherwise attention
+runs the fused kernel, which never forms them.
+
+Head scores. A head's pattern for one sequence is a (T, T) matrix A: row q is how query position q
+spreads its attention over key positions k <= q (each row sums to 1). Reading heatmaps by eye
+invites stories; these scores turn the common head types into numbers, averaged over query
+positions and prompts:
 
 - previous_token: mean A[q, q-1]            (a head that looks one token back)
 - first_token:    mean A[q, 0]              (an "attention sink" on the first position)
@@ -13,26 +26,164 @@ these scores turn the common head types into numbers, averaged over query positi
                   signature of an induction head (Olsson et al., 2022).
 
 Query position 0 can only attend to itself, so it is left out of every average.
-Patterns come from `model(idx, return_attn=True)`, named like "blocks.3.attn" as in TransformerLens.
+Patterns come from `attention_patterns(model, idx)`, named like "blocks.3.attn".
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+
 import torch
+
+from .models.transformer import HookPoint
 
 SCORES = ("previous_token", "first_token", "self", "entropy", "induction")
 
+HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
-@torch.no_grad()
-def attention_patterns(model, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{"blocks.i.attn": (B, H, T, T)} for token ids idx (B, T) (or (T,))."""
+
+def hook_names(model) -> list[str]:
+    """The names of the model's hook points, in the order the forward pass reaches them."""
+    return [name for name, m in model.named_modules() if isinstance(m, HookPoint)]
+
+
+def _describe(names: list[str]) -> str:
+    """The hook names with the block index folded: 'hook_embed, blocks.{i}.hook_resid_pre, ... (i = 0..3)'."""
+    folded = list(dict.fromkeys(re.sub(r"^blocks\.\d+\.", "blocks.{i}.", n) for n in names))
+    layers = sorted({int(m.group(1)) for n in names if (m := re.match(r"blocks\.(\d+)\.", n))})
+    return ", ".join(folded) + (f" (i = {layers[0]}..{layers[-1]})" if layers else "")
+
+
+def _select(model, names) -> list[str]:
+    """Resolve names (None: all; a str; a list of str; a predicate name -> bool) to hook names."""
+    available = hook_names(model)
+    if not available:
+        raise ValueError(f"{type(model).__name__} has no hook points: run_with_cache and run_with_hooks "
+                         "need a TransformerModel")
+    if names is None:
+        return available
+    if callable(names):
+        chosen = [n for n in available if names(n)]
+        if not chosen:
+            raise ValueError(f"no hook name matches the predicate; the hook names are: {_describe(available)}")
+        return chosen
+    chosen = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in chosen if n not in set(available)]
+    if unknown:
+        raise ValueError(f"unknown hook name(s) {', '.join(map(repr, unknown))}; "
+                         f"the hook names are: {_describe(available)}")
+    return chosen
+
+
+def _run(model, idx: torch.Tensor, hooks: dict[str, Callable]) -> torch.Tensor:
+    """forward(idx) with forward hooks {name: hook(module, args, output)} in place, in eval mode and
+    without gradients; the hooks are removed and the training flag restored afterwards, also on error."""
     if idx.dim() == 1:
-        idx = idx[None]
+        idx = idx[None]  # (T,) -> (1, T)
+    idx = idx.to(next(model.parameters()).device)
     was_training = model.training
-    model.eval()
-    _, attn = model(idx.to(next(model.parameters()).device), return_attn=True)
-    model.train(was_training)
-    return attn
+    handles = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        model.eval()
+        with torch.no_grad():
+            return model(idx)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def run_with_cache(model, idx: torch.Tensor, names: Iterable[str] | Callable[[str], bool] | str | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run the model on idx (B, T) (or (T,)) and keep activations: (logits (B, T, V), {name: tensor}).
+
+    names: None for every hook point, a list of hook names, or a predicate such as
+    `lambda n: n.endswith("hook_pattern")`. Attention patterns are only computed when a
+    hook_pattern is among them. Runs in eval mode under torch.no_grad().
+    """
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            cache[name] = output.detach()
+        return hook
+
+    logits = _run(model, idx, {name: keep(name) for name in _select(model, names)})
+    return logits, cache
+
+
+def run_with_hooks(model, idx: torch.Tensor, fns: dict[str, HookFn]) -> torch.Tensor:
+    """Run the model on idx with fn(activation, name) applied at each named hook point -> logits.
+
+    A fn that returns a tensor replaces the activation (same shape); one that returns None leaves
+    it. Runs in eval mode under torch.no_grad(); the hooks are gone afterwards, also when a fn
+    raises. Each head's output before attn.proj mixes them is hook_z, (B, T, H, head_dim), so
+    zero-ablating head 1 of block 3 is
+
+        def zero_head(z, name):
+            z = z.clone()
+            z[:, :, 1] = 0.0
+            return z
+        logits = run_with_hooks(model, idx, {"blocks.3.attn.hook_z": zero_head})
+
+    and mean-ablating it (its output replaced by its average on reference data, so it still adds
+    its typical contribution but nothing about the tokens at hand) is
+
+        _, ref = run_with_cache(model, ref_idx, ["blocks.3.attn.hook_z"])
+        avg = ref["blocks.3.attn.hook_z"][:, :, 1].mean(dim=(0, 1))  # (head_dim,)
+
+        def mean_head(z, name):
+            z = z.clone()
+            z[:, :, 1] = avg
+            return z
+        logits = run_with_hooks(model, idx, {"blocks.3.attn.hook_z": mean_head})
+
+    `ablate_head(3, 1)` and `ablate_head(3, 1, how="mean", mean=avg)` build these for you.
+    """
+    def wrap(name, fn):
+        def hook(module, args, output):
+            return fn(output, name)
+        return hook
+
+    return _run(model, idx, {name: wrap(name, fns[name]) for name in _select(model, list(fns))})
+
+
+def ablate_head(layer: int, head: int | Iterable[int], how: str = "zero",
+                mean: torch.Tensor | None = None) -> dict[str, HookFn]:
+    """{hook name: fn} for run_with_hooks that removes head(s) of one block from the computation.
+
+    how="zero": the head's output (its head_dim slice of hook_z) becomes 0, as if attn.proj had
+    zero columns for it. how="mean": it becomes `mean` ((head_dim,), the head's average output on
+    reference data, see run_with_hooks), or without one its average over this batch's positions.
+    head may be a list, to ablate several heads of the block at once (mean then (len(head),
+    head_dim), or (head_dim,) for all of them).
+
+        loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        base = loss(run_with_hooks(model, x, {}))
+        cost = loss(run_with_hooks(model, x, ablate_head(3, 1))) - base
+    """
+    if how not in ("zero", "mean"):
+        raise ValueError(f"how={how!r} is not known: use 'zero' or 'mean'")
+    heads = [head] if isinstance(head, int) else list(head)
+
+    def fn(z, name):  # z: (B, T, H, head_dim)
+        z = z.clone()  # the activation may be a view of a tensor the model still uses
+        if how == "zero":
+            z[:, :, heads] = 0.0
+        else:
+            z[:, :, heads] = z[:, :, heads].mean(dim=(0, 1)) if mean is None else mean.to(z)
+        return z
+
+    return {f"blocks.{layer}.attn.hook_z": fn}
+
+
+def attention_patterns(model, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"blocks.i.attn": (B, H, T, T)} for token ids idx (B, T) (or (T,)), in block order."""
+    _, cache = run_with_cache(model, idx, lambda name: name.endswith(".attn.hook_pattern"))
+    return {name.removesuffix(".hook_pattern"): a for name, a in cache.items()}
 
 
 def _stack(attn: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,9 +1,16 @@
+import copy
 import math
 
+import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from picollm_helpers.interp import head_scores, induction_scores, pattern_scores, top_attended, top_heads
+from picollm_helpers import run_with_cache, run_with_hooks
+from picollm_helpers.interp import (ablate_head, attention_patterns, head_scores, hook_names, induction_scores,
+                                    pattern_scores, top_attended, top_heads)
+from picollm_helpers.models import TransformerModel
+from picollm_helpers.models.transformer import HookPoint
 
 
 def _one_hot_rows(cols, T):
@@ -35,15 +42,21 @@ def test_pattern_scores_recognise_hand_made_heads():
 
 
 class _InductionOracle(nn.Module):
-    """A one-layer 'model' whose only head is a perfect induction head, the other a previous-token head."""
+    """A one-layer 'model' whose only head is a perfect induction head, the other a previous-token head.
+
+    Its patterns pass through a hook point named like a transformer's, so attention_patterns finds them.
+    """
 
     block_size = 64
 
     def __init__(self):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))
+        self.blocks = nn.ModuleList([nn.Module()])
+        self.blocks[0].attn = nn.Module()
+        self.blocks[0].attn.hook_pattern = HookPoint()
 
-    def forward(self, idx, return_attn=False):
+    def forward(self, idx):
         B, T = idx.shape
         ind = torch.zeros(B, T, T)
         for b in range(B):
@@ -51,7 +64,8 @@ class _InductionOracle(nn.Module):
                 earlier = [k for k in range(q) if idx[b, k] == idx[b, q]]
                 ind[b, q, earlier[-1] + 1 if earlier else 0] = 1.0
         prev = _one_hot_rows([0] + list(range(T - 1)), T).expand(B, T, T)
-        return torch.zeros(B, T, 5), {"blocks.0.attn": torch.stack([ind, prev], dim=1)}
+        self.blocks[0].attn.hook_pattern(torch.stack([ind, prev], dim=1))
+        return torch.zeros(B, T, 5)
 
 
 def test_induction_score_separates_an_induction_head():
@@ -69,3 +83,131 @@ def test_top_attended_lists_each_query():
     out = top_attended(a, ["A", "B", "C"], k=2)
     assert out[0] == [("A", 1.0)]
     assert [t for t, _ in out[1]] == ["B", "A"] and [t for t, _ in out[2]] == ["A", "C"]
+
+
+# ----- hooks on a real transformer
+
+V = 41
+
+
+def tiny(pos_emb="rope", use_post_norm=False, **kw):
+    torch.manual_seed(0)
+    return TransformerModel(V, 16, n_heads=4, n_blocks=2, block_size=16, pos_emb=pos_emb,
+                            use_post_norm=use_post_norm, **kw)
+
+
+def no_hooks_left(model):
+    return not any(m.active for m in model.modules() if isinstance(m, HookPoint))
+
+
+@pytest.mark.parametrize("use_post_norm", [False, True], ids=["pre", "post"])
+def test_run_with_cache_shapes(use_post_norm):
+    model = tiny(use_post_norm=use_post_norm)
+    idx = torch.randint(0, V, (3, 10))
+    logits, cache = run_with_cache(model, idx)
+    assert set(cache) == set(hook_names(model)) and len(cache) == 2 + 2 * 9
+    B, T, E, H, hd = 3, 10, 16, 4, 4
+    want = {"hook_embed": (B, T, E), "hook_final": (B, T, E)}
+    for i in range(2):
+        want |= {f"blocks.{i}.hook_resid_pre": (B, T, E), f"blocks.{i}.hook_resid_mid": (B, T, E),
+                 f"blocks.{i}.hook_resid_post": (B, T, E), f"blocks.{i}.mlp.hook_post": (B, T, 4 * E),
+                 f"blocks.{i}.attn.hook_pattern": (B, H, T, T), f"blocks.{i}.attn.hook_z": (B, T, H, hd)}
+        want |= {f"blocks.{i}.attn.hook_{c}": (B, H, T, hd) for c in "qkv"}
+    assert {n: tuple(a.shape) for n, a in cache.items()} == want
+    torch.testing.assert_close(logits, model(idx), rtol=1e-5, atol=1e-5)
+    # The stream is one stream: block 0's output is block 1's input, lm_head reads hook_final.
+    assert torch.equal(cache["blocks.0.hook_resid_post"], cache["blocks.1.hook_resid_pre"])
+    torch.testing.assert_close(model.lm_head(cache["hook_final"]), logits)
+    if use_post_norm:  # no final norm: the last block's output is what lm_head reads
+        assert torch.equal(cache["hook_final"], cache["blocks.1.hook_resid_post"])
+
+
+def test_attention_patterns_come_from_hook_pattern():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 8))
+    _, cache = run_with_cache(model, idx, lambda n: n.endswith("hook_pattern"))
+    attn = attention_patterns(model, idx[1])  # (T,) works too: a batch of one
+    assert list(attn) == ["blocks.0.attn", "blocks.1.attn"]
+    for name, a in attn.items():
+        assert a.shape == (1, 4, 8, 8)
+        torch.testing.assert_close(a[0], cache[f"{name}.hook_pattern"][1])
+
+
+def test_zero_ablating_a_head_equals_zeroing_its_proj_columns():
+    model = tiny(pos_emb="learned").double()
+    idx = torch.randint(0, V, (2, 12))
+    layer, head, hd = 1, 2, 4
+    ablated = run_with_hooks(model, idx, ablate_head(layer, head))
+    edited = copy.deepcopy(model)
+    with torch.no_grad():  # attn.proj reads head h from input columns h*hd .. (h+1)*hd
+        edited.blocks[layer].attn.proj.weight[:, head * hd:(head + 1) * hd] = 0.0
+    torch.testing.assert_close(ablated, edited(idx), rtol=1e-12, atol=1e-12)
+    assert (ablated - model(idx)).abs().max() > 1e-4  # the head mattered
+
+
+def test_mean_ablation_replaces_the_head_by_a_constant_and_changes_the_loss():
+    model = tiny().double()
+    x, y = torch.randint(0, V, (4, 12)), torch.randint(0, V, (4, 12))
+    loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+    layer, head, hd = 0, 1, 4
+    _, ref = run_with_cache(model, x, [f"blocks.{layer}.attn.hook_z"])
+    avg = ref[f"blocks.{layer}.attn.hook_z"][:, :, head].mean(dim=(0, 1))  # (hd,)
+    mean_ablated = run_with_hooks(model, x, ablate_head(layer, head, how="mean", mean=avg))
+    torch.testing.assert_close(run_with_hooks(model, x, ablate_head(layer, head, how="mean")), mean_ablated)
+    # A constant head output is a bias on attn.proj: zero its columns, add W[:, cols] @ avg.
+    edited = copy.deepcopy(model)
+    old = edited.blocks[layer].attn.proj
+    new = nn.Linear(16, 16, bias=True).double()
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        new.weight[:, head * hd:(head + 1) * hd] = 0.0
+        new.bias.copy_(old.weight[:, head * hd:(head + 1) * hd] @ avg)
+    edited.blocks[layer].attn.proj = new
+    torch.testing.assert_close(mean_ablated, edited(x), rtol=1e-12, atol=1e-12)
+    base, zero = loss(model(x)), loss(run_with_hooks(model, x, ablate_head(layer, head)))
+    assert abs(loss(mean_ablated) - base) > 1e-6 and abs(loss(mean_ablated) - zero) > 1e-6
+
+
+def test_run_with_hooks_replaces_and_cleans_up():
+    model = tiny()
+    model.train()
+    idx = torch.randint(0, V, (2, 8))
+    seen = {}
+
+    def look(act, name):
+        seen[name] = (act.requires_grad, model.training)
+
+    out = run_with_hooks(model, idx, {"blocks.0.attn.hook_q": look, "blocks.1.hook_resid_mid": look})
+    assert seen == {"blocks.0.attn.hook_q": (False, False), "blocks.1.hook_resid_mid": (False, False)}
+    assert model.training and no_hooks_left(model)  # training flag back, nothing left registered
+    torch.testing.assert_close(out, run_with_hooks(model, idx, {}))  # returning None changes nothing
+    uniform = run_with_hooks(model, idx, {"blocks.0.attn.hook_pattern":  # replace the pattern itself
+                                          lambda a, name: torch.ones_like(a).tril() / torch.arange(1, 9)[:, None]})
+    assert (uniform - out).abs().max() > 1e-4
+
+    def boom(act, name):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_with_hooks(model, idx, {"blocks.0.hook_resid_pre": look, "blocks.1.attn.hook_pattern": boom})
+    assert model.training and no_hooks_left(model)
+    with pytest.raises(IndexError):  # the forward itself fails: token id V is out of the vocabulary
+        run_with_cache(model, torch.full((1, 4), V))
+    assert model.training and no_hooks_left(model)
+
+
+def test_unknown_hook_names_raise_with_the_list():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"'blocks.7.attn.hook_z'.*blocks\.\{i\}\.attn\.hook_pattern.*i = 0\.\.1"):
+        run_with_cache(model, torch.zeros(1, 4, dtype=torch.long), ["hook_embed", "blocks.7.attn.hook_z"])
+    with pytest.raises(ValueError, match="hook_resid_pre"):
+        run_with_hooks(model, torch.zeros(1, 4, dtype=torch.long), {"blocks.0.attn": lambda a, n: None})
+    with pytest.raises(ValueError, match="how="):
+        ablate_head(0, 0, how="random")
+    assert no_hooks_left(model)
+
+
+def test_cache_and_names_follow_the_forward_order():
+    model = tiny()
+    _, cache = run_with_cache(model, torch.randint(0, V, (1, 5)))
+    assert list(cache) == hook_names(model)  # hooks fire in the order hook_names lists them

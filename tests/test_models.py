@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from picollm_helpers.models import (KGramMLPSeqModel, LSTMSeqModel, RMSNorm, TransformerModel,
                                     build_model, kgram_forward_loop, param_count_formula)
-from picollm_helpers.models.transformer import (CausalSelfAttention, apply_rope, rope_cos_sin,
-                                                sinusoidal_embedding)
+from picollm_helpers.models.transformer import (CausalSelfAttention, HookPoint, KVCache, apply_rope,
+                                                rope_cos_sin, sinusoidal_embedding)
 from picollm_helpers.sampling import generate
 
 V = 37
@@ -119,18 +119,66 @@ def test_rmsnorm_matches_torch(eps):
 # ----- transformer attention
 
 
+def record_patterns(model):
+    """Hook every block's hook_pattern; returns (patterns list filled by each forward, handles)."""
+    seen = []
+    handles = [blk.attn.hook_pattern.register_forward_hook(lambda m, args, out: seen.append(out))
+               for blk in model.blocks]
+    return seen, handles
+
+
+def test_hook_names_for_every_block():
+    model = make("transformer", pos_emb="rope")
+    names = [n for n, m in model.named_modules() if isinstance(m, HookPoint)]
+    per_block = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern",
+                 "attn.hook_z", "hook_resid_mid", "mlp.hook_post", "hook_resid_post"]
+    expected = ["hook_embed"] + [f"blocks.{i}.{n}" for i in range(2) for n in per_block] + ["hook_final"]
+    assert names == expected  # listed in the order the forward pass reaches them
+
+
 @pytest.mark.parametrize("pos_emb", POS_EMBS)
-def test_explicit_attention_equals_sdpa(pos_emb):
-    model = make("transformer", pos_emb=pos_emb)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_explicit_attention_equals_sdpa(pos_emb, dtype, tol):
+    # The fused kernel sums in its own order: equal up to float rounding (1e-5 in float32).
+    model = make("transformer", pos_emb=pos_emb).to(dtype).eval()
     idx = torch.randint(0, V, (2, 9))
-    logits, attn = model(idx, return_attn=True)
-    torch.testing.assert_close(logits, model(idx), rtol=1e-5, atol=1e-5)
-    assert list(attn) == ["blocks.0.attn", "blocks.1.attn"]
-    for a in attn.values():
+    fused = model(idx)
+    seen, handles = record_patterns(model)
+    explicit = model(idx)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(explicit, fused, rtol=tol, atol=tol)
+    assert len(seen) == 2
+    for a in seen:
         assert a.shape == (2, 2, 9, 9)
-        torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 9))
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 9, dtype=dtype))
         assert (a.triu(diagonal=1) == 0).all()  # no query looks at a later key
         assert (a[..., torch.ones(9, 9, dtype=torch.bool).tril()] > 0).all()  # earlier keys all get weight
+
+
+def test_only_a_pattern_hook_leaves_the_fused_path(monkeypatch):
+    model = make("transformer", pos_emb="rope").eval()
+    idx = torch.randint(0, V, (2, 9))
+    base = model(idx)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+
+    seen = []
+    handles = [m.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+               for n, m in model.named_modules() if isinstance(m, HookPoint) and not n.endswith("hook_pattern")]
+    assert torch.equal(model(idx), base)  # hooks that return nothing change nothing
+    assert len(calls) == 2 and len(seen) == len(handles)  # every hook ran, attention stayed fused
+    for h in handles:
+        h.remove()
+
+    calls.clear()
+    _, handles = record_patterns(model)
+    model(idx)
+    assert calls == []  # a pattern hook switches both blocks to the explicit softmax
+    for h in handles:
+        h.remove()
+    assert not any(m.active for m in model.modules() if isinstance(m, HookPoint))
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -148,8 +196,11 @@ def test_rope_scores_depend_only_on_relative_position():
     # The same through an attention layer: shifted positions give the same pattern.
     attn = CausalSelfAttention(16, 2).double()
     x = torch.randn(2, 6, 16, dtype=torch.float64)
-    pattern = lambda s: attn(x, rope=rope_cos_sin(torch.arange(s, s + 6), 8, torch.float64), return_attn=True)[1]
-    torch.testing.assert_close(pattern(0), pattern(5))
+    seen = []
+    attn.hook_pattern.register_forward_hook(lambda m, args, out: seen.append(out))
+    for s in (0, 5):
+        attn(x, rope=rope_cos_sin(torch.arange(s, s + 6), 8, torch.float64))
+    torch.testing.assert_close(seen[0], seen[1])
 
 
 def test_sinusoidal_embedding_formula():
@@ -251,6 +302,34 @@ def test_greedy_generation_cached_equals_uncached(kind, kw, prompt_len, capsys):
     assert a.ids == b.ids and len(a.ids) == prompt_len + 20 and a.ids[:prompt_len] == prompt
     if kind == "transformer" and prompt_len > 12:
         assert "block_size=12" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+@pytest.mark.parametrize("explicit", [False, True], ids=["fused", "explicit"])
+def test_step_one_token_at_a_time_equals_forward_at_every_position(pos_emb, explicit):
+    model = make("transformer", pos_emb=pos_emb).double().eval()  # block_size 12
+    idx = torch.randint(0, V, (2, 20))
+    full = model(idx[:, :12])  # (2, 12, V)
+    if explicit:  # the explicit softmax path must read the cache the same way
+        record_patterns(model)
+    state = model.init_state(2)
+    for t in range(20):
+        logits, state = model.step(idx[:, t:t + 1], state)
+        # past block_size the window slides: the last 12 tokens, positions 0..11 again
+        want = full[:, t] if t < 12 else model(idx[:, t - 11:t + 1])[:, -1]
+        torch.testing.assert_close(logits, want, rtol=1e-10, atol=1e-10)
+        assert state.pos == min(t + 1, 12)
+
+
+def test_kv_cache_update_appends_and_returns_all():
+    cache = KVCache(2, 1, 2, 6, 4, "cpu", torch.float32, head_t=torch.zeros(4, V))
+    k1, v1, k2, v2 = torch.randn(4, 1, 2, 3, 4).unbind(0)  # 3 positions, then 2 more
+    k, v = cache.update(0, k1, v1)
+    assert torch.equal(k, k1) and torch.equal(v, v1)
+    cache.advance(3)
+    k, v = cache.update(0, k2[:, :, :2], v2[:, :, :2])
+    assert torch.equal(k, torch.cat([k1, k2[:, :, :2]], dim=2)) and torch.equal(v, torch.cat([v1, v2[:, :, :2]], 2))
+    assert (cache.k[1] == 0).all()  # each layer has its own buffers
 
 
 def test_kv_cache_is_preallocated():

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+from picollm_helpers import run_with_cache
 from picollm_helpers.models import TransformerModel
+from picollm_helpers.models.transformer import HookPoint
 from picollm_helpers.tokenizer import get_tokenizer
 from picollm_helpers.widgets import AttentionExplorer, TopPExplorer
 
@@ -58,6 +60,9 @@ def test_attention_explorer_switches_layer_and_head(model):
     n = len(tok.encode(prompt))
     assert ex.pattern.shape == (n, n) and len(ex.top) == n
     assert torch.allclose(ex.pattern.sum(-1), torch.ones(n), atol=1e-5)
+    _, cache = run_with_cache(model, torch.tensor([tok.encode(prompt)]), ["blocks.0.attn.hook_pattern"])
+    assert torch.equal(ex.pattern, cache["blocks.0.attn.hook_pattern"][0, 0])  # layer 0, head 0
+    assert not any(m.active for m in model.modules() if isinstance(m, HookPoint))  # no hook left behind
     first = ex.pattern.clone()
     ex.head.value = 1
     assert not torch.allclose(ex.pattern, first)

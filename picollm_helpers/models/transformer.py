@@ -1,12 +1,30 @@
 """Causal decoder-only transformer with RMSNorm.
 
-Read it top to bottom: RMSNorm, the positional encodings, one attention layer, one block, the
-model. Two things beyond a textbook GPT:
+Read it top to bottom: RMSNorm, the positional encodings, the hook points, the KV cache, one
+attention layer, the MLP, one block, the output layer, the model. forward(idx) maps token ids
+(B, T) to logits (B, T, V), always. Beyond a textbook GPT:
 
-- Attention patterns are addressable by name, as in TransformerLens: blocks live in
-  `model.blocks` and `model(idx, return_attn=True)` also returns {"blocks.3.attn": (B, H, T, T)}.
-  Training uses F.scaled_dot_product_attention (fused, never stores the T x T weights); asking for
-  the weights switches to the explicit softmax(QK^T / sqrt(d)) path, which gives the same output.
+- Every intermediate activation has a name, as in TransformerLens. An identity layer, a
+  `HookPoint`, sits at each interesting place, so `model.get_submodule("blocks.3.attn.hook_pattern")`
+  is where a forward hook can read or replace that activation (`interp.run_with_cache` and
+  `interp.run_with_hooks` do this for you). The names, for block i:
+
+      hook_embed                   (B, T, E)        token + position embedding
+      blocks.i.hook_resid_pre      (B, T, E)        the residual stream entering block i
+      blocks.i.attn.hook_q         (B, H, T, hd)    queries, after rope when pos_emb="rope"
+      blocks.i.attn.hook_k         (B, H, T, hd)    keys, after rope likewise
+      blocks.i.attn.hook_v         (B, H, T, hd)    values (rope never touches them)
+      blocks.i.attn.hook_pattern   (B, H, T, T_k)   softmax(QK^T / sqrt(hd)), each row sums to 1
+      blocks.i.attn.hook_z         (B, T, H, hd)    each head's output, before attn.proj mixes them
+      blocks.i.hook_resid_mid      (B, T, E)        the stream between the attention and the MLP
+      blocks.i.mlp.hook_post       (B, T, 4E)       the MLP's hidden layer after the GELU (4 = mlp_ratio)
+      blocks.i.hook_resid_post     (B, T, E)        the stream leaving block i
+      hook_final                   (B, T, E)        after the final norm: what lm_head reads
+
+  (hd = head_dim = E / H. During generation T counts the new tokens and T_k the cached ones too.)
+- Training uses F.scaled_dot_product_attention, a fused kernel that never stores the T x T
+  weights. Only when something hooks `hook_pattern` does attention take the explicit
+  softmax(QK^T / sqrt(d)) path, which gives the same output and hands the weights to the hook.
 - Generation keeps a KV cache: `state = model.init_state(B)`, then `logits, state =
   model.step(idx_new, state)` feeds only the new tokens and reuses every earlier key and value.
 
@@ -80,79 +98,122 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+class HookPoint(nn.Module):
+    """An identity layer that gives the activation passing through it a name (TransformerLens).
+
+    Register a forward hook on it to read the activation, or return a tensor from the hook to
+    replace it; `interp.run_with_cache` / `interp.run_with_hooks` do both by name. Under
+    torch.compile, as for any module, a hook added after compiling is not seen (torch's
+    skip_nnmodule_hook_guards): hook the eager model.
+    """
+
+    @property
+    def active(self):
+        """True when a hook is registered here (the attention layer asks this of hook_pattern)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or self._backward_hooks or self._backward_pre_hooks)
+
+    def forward(self, x):
+        return x
+
+    def __call__(self, x):
+        # A model has about ten hook points per block, passed on every decoded token, and going
+        # through nn.Module.__call__'s bookkeeping costs about three times this check. A module's
+        # hooks live in its own dicts, so a hook point whose dicts are empty returns x directly.
+        # (Global hooks, torch.nn.modules.module.register_module_forward_hook, are not seen here.)
+        return super().__call__(x) if self.active else x
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, preallocated (B, H, max_len, head_dim) per layer.
 
-    pos: how many positions are filled; tokens: (B, pos) the ids in the cache, kept so the model
-    can slide the window when it is full. head_t: lm_head's weight transposed to (E, V), copied
-    once per generation. A token's logits h @ head_t then stream the (E, V) matrix row by row,
-    which on a CPU runs ~1.4x faster than lm_head's (V, E) dot products, and the output layer is
-    most of the weights a generated token reads.
+    Each attention layer calls `update(layer, k, v)` with its new keys and values and attends over
+    what it returns; the model calls `advance(T)` once per step, after every layer has written at
+    `pos`. pos: how many positions are filled. tokens: (B, pos) the ids in the cache, kept so the
+    model can slide the window when it is full. head_t: lm_head's weight as an (E, V) copy, made
+    once per generation (see LMHead.decode).
     """
 
-    def __init__(self, n_layers, batch_size, n_heads, max_len, head_dim, device, dtype, head_weight):
+    def __init__(self, n_layers, batch_size, n_heads, max_len, head_dim, device, dtype, head_t):
         shape = (batch_size, n_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0
         self.tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-        self.head_t = head_weight.detach().t().to(device, dtype).contiguous()  # (E, V)
+        self.head_t = head_t  # (E, V)
 
+    def update(self, layer, k, v):
+        """Write one layer's new k, v (B, H, T, hd) after the cached ones; return all (B, H, pos+T, hd)."""
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, embed_size, n_heads, dropout=0.0):
-        super().__init__()
-        self.n_heads = n_heads
-        self.head_dim = embed_size // n_heads
-        self.qkv = nn.Linear(embed_size, 3 * embed_size, bias=False)  # all heads' q, k, v in one matmul
-        self.proj = nn.Linear(embed_size, embed_size, bias=False)
-        self.dropout = dropout
-        self.attn_drop = nn.Dropout(dropout)
-        self.resid_drop = nn.Dropout(dropout)
-
-    def forward(self, x, rope=None, kv=None, return_attn=False):
-        """x: (B, T, C). rope: (cos, sin) or None. kv: (k_buf, v_buf, pos) of a KVCache or None.
-
-        Returns y (B, T, C) and the attention weights (B, H, T, T_keys) when return_attn, else None.
-        """
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, hd)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv is not None:
-            # Write the new keys/values after the cached ones and attend over all of them.
-            k_buf, v_buf, pos = kv
-            k_buf[:, :, pos:pos + T] = k
-            v_buf[:, :, pos:pos + T] = v
-            k, v = k_buf[:, :, :pos + T], v_buf[:, :, :pos + T]  # (B, H, pos+T, hd)
-        offset = k.size(2) - T  # queries sit at positions offset..offset+T-1 of the keys
-        dropout_p = self.dropout if self.training else 0.0
-
-        att = None
-        if return_attn:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T_keys)
-            att = att.masked_fill(~causal_mask(T, k.size(2), x.device), float("-inf"))
-            att = att.softmax(dim=-1)
-            y = self.attn_drop(att) @ v  # (B, H, T, hd)
-        elif offset == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        elif T == 1:
-            # One new token may look at every cached key: no mask at all.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            # Several new tokens after a cache: is_causal would align the mask top-left, we need
-            # it bottom-right (query i sees keys up to offset + i).
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2), x.device),
-                                               dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_drop(self.proj(y)), att
+    def advance(self, n):
+        """n more positions are filled (called once per model step, after the last layer)."""
+        self.pos += n
 
 
 def causal_mask(t_q, t_k, device):
     """(t_q, t_k) bool, True where query i (the last t_q of t_k positions) may see key j."""
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. Hook points: hook_q and hook_k (after rope, when the model
+    uses it), hook_v, each (B, H, T, hd); hook_pattern (B, H, T, T_keys), which switches to the
+    explicit path; hook_z (B, T, H, hd), the heads' outputs before proj. With a KV cache, hook_k and
+    hook_v see the new tokens only, and a replacement there is what gets cached.
+    """
+
+    def __init__(self, embed_size, n_heads, dropout=0.0, layer_idx=0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = embed_size // n_heads
+        self.layer_idx = layer_idx  # which of the KV cache's layers is ours
+        self.qkv = nn.Linear(embed_size, 3 * embed_size, bias=False)  # all heads' q, k, v in one matmul
+        self.proj = nn.Linear(embed_size, embed_size, bias=False)
+        self.dropout = dropout
+        self.attn_drop = nn.Dropout(dropout)
+        self.resid_drop = nn.Dropout(dropout)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pattern, self.hook_z = HookPoint(), HookPoint()
+
+    def forward(self, x, rope=None, cache=None):
+        """x: (B, T, C), rope: (cos, sin) or None, cache: a KVCache or None -> (B, T, C)."""
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H, pos+T, hd): cached keys, then ours
+        if self.hook_pattern.active:
+            # Someone wants the weights: compute them explicitly (T x T per head) and let the hook
+            # read or replace them. Same output as the fused path below, up to float rounding.
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T_keys)
+            att = att.masked_fill(~causal_mask(T, k.size(2), x.device), float("-inf"))
+            att = self.hook_pattern(att.softmax(dim=-1))
+            y = self.attn_drop(att) @ v  # (B, H, T, hd)
+        else:
+            y = self._sdpa(q, k, v)
+        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, hd): one head_dim slice per head
+        return self.resid_drop(self.proj(z.reshape(B, T, C)))  # proj mixes the heads
+
+    def _sdpa(self, q, k, v):
+        """The fused kernel, with the mask the query positions need."""
+        T, T_keys = q.size(2), k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        if T == T_keys:  # no cache (or an empty one): the usual lower-triangular mask
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        if T == 1:  # one new token may look at every cached key: no mask at all
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        # Several new tokens after a cache: is_causal would align the mask top-left, we need it
+        # bottom-right (query i sees keys up to T_keys - T + i).
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, T_keys, q.device),
+                                              dropout_p=dropout_p)
 
 
 class MLP(nn.Module):
@@ -161,33 +222,65 @@ class MLP(nn.Module):
         self.fc = nn.Linear(embed_size, mlp_ratio * embed_size, bias=False)
         self.proj = nn.Linear(mlp_ratio * embed_size, embed_size, bias=False)
         self.drop = nn.Dropout(dropout)
+        self.hook_post = HookPoint()
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.hook_post(F.gelu(self.fc(x)))))
 
 
 class Block(nn.Module):
     """Pre-norm (default): x + attn(norm(x)), the residual stream itself is never normalized.
-    Post-norm (the original Transformer): norm(x + attn(x)), every block output is normalized."""
+    Post-norm (the original Transformer): norm(x + attn(x)), every block output is normalized.
 
-    def __init__(self, embed_size, n_heads, use_post_norm=False, mlp_ratio=4, dropout=0.0):
+    hook_resid_pre is the block's input, hook_resid_post its output. hook_resid_mid is the stream
+    the MLP sublayer reads and adds to: x + attn(norm1(x)) in pre-norm, norm1(x + attn(x)) in
+    post-norm (there the stream between sublayers is the normalized one).
+    """
+
+    def __init__(self, embed_size, n_heads, use_post_norm=False, mlp_ratio=4, dropout=0.0, layer_idx=0):
         super().__init__()
         self.use_post_norm = use_post_norm
+        # (Hook points are created in the order forward reaches them, so named_modules lists them so.)
+        self.hook_resid_pre = HookPoint()
         self.norm1 = RMSNorm(embed_size)
-        self.attn = CausalSelfAttention(embed_size, n_heads, dropout)
+        self.attn = CausalSelfAttention(embed_size, n_heads, dropout, layer_idx)
+        self.hook_resid_mid = HookPoint()
         self.norm2 = RMSNorm(embed_size)
         self.mlp = MLP(embed_size, mlp_ratio, dropout)
+        self.hook_resid_post = HookPoint()
 
-    def forward(self, x, rope=None, kv=None, return_attn=False):
+    def forward(self, x, rope=None, cache=None):
+        x = self.hook_resid_pre(x)
         if self.use_post_norm:
-            a, att = self.attn(x, rope, kv, return_attn)
-            x = self.norm1(x + a)
+            x = self.hook_resid_mid(self.norm1(x + self.attn(x, rope, cache)))
             x = self.norm2(x + self.mlp(x))
         else:
-            a, att = self.attn(self.norm1(x), rope, kv, return_attn)
-            x = x + a
+            x = self.hook_resid_mid(x + self.attn(self.norm1(x), rope, cache))
             x = x + self.mlp(self.norm2(x))
-        return x, att
+        return self.hook_resid_post(x)
+
+
+class LMHead(nn.Linear):
+    """The output layer: hidden states (..., E) -> logits (..., V), a Linear without bias.
+
+    forward is nn.Linear's. `decode(h, weight_t)` is the same map for generation, where each step
+    needs the logits of one position: weight_t = `transposed()`, an (E, V) copy of the weight made
+    once per generation. h @ weight_t then streams that matrix row by row, which on a CPU runs
+    ~1.4x faster than F.linear's V dot products with the (V, E) weight, and the output layer is
+    most of the weights a generated token reads.
+    """
+
+    def __init__(self, embed_size, vocab_size):
+        super().__init__(embed_size, vocab_size, bias=False)
+
+    def transposed(self, device=None, dtype=None):
+        """The weight as a contiguous (E, V) tensor, detached: a snapshot for one generation."""
+        return self.weight.detach().t().to(device=device, dtype=dtype).contiguous()
+
+    @staticmethod
+    def decode(h, weight_t):
+        """(B, E) @ (E, V) -> (B, V) logits, equal to lm_head(h) when weight_t = lm_head.transposed()."""
+        return h @ weight_t
 
 
 class TransformerModel(nn.Module):
@@ -197,7 +290,8 @@ class TransformerModel(nn.Module):
     table added to the token embeddings, GPT-2), "sinusoidal" (fixed sin/cos added, Vaswani et al.),
     "rope" (q and k rotated by position inside attention, LLaMA).
     A final RMSNorm before lm_head exists in pre-norm mode only: there the residual stream grows
-    unnormalized through the blocks, while in post-norm mode the last block already ends in a norm.
+    unnormalized through the blocks, while in post-norm mode the last block already ends in a norm
+    (so hook_final equals the last block's hook_resid_post there).
     Linear layers have no bias (as in LLaMA); tie_weights shares lm_head.weight with wte.weight.
     """
 
@@ -219,11 +313,13 @@ class TransformerModel(nn.Module):
 
         self.wte = nn.Embedding(vocab_size, embed_size)
         self.wpe = nn.Embedding(block_size, embed_size) if pos_emb == "learned" else None
+        self.hook_embed = HookPoint()
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(embed_size, n_heads, use_post_norm, mlp_ratio, dropout) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(Block(embed_size, n_heads, use_post_norm, mlp_ratio, dropout, layer_idx=i)
+                                    for i in range(n_blocks))
         self.norm_f = nn.Identity() if use_post_norm else RMSNorm(embed_size)
-        self.lm_head = nn.Linear(embed_size, vocab_size, bias=False)
+        self.hook_final = HookPoint()
+        self.lm_head = LMHead(embed_size, vocab_size)
         if tie_weights:
             self.lm_head.weight = self.wte.weight
 
@@ -239,8 +335,8 @@ class TransformerModel(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def _run(self, idx, cache=None, return_attn=False):
-        """idx (B, T) -> final hidden states (B, T, E) and {name: attention weights}."""
+    def _run(self, idx, cache=None):
+        """idx (B, T) -> final hidden states (B, T, E); with a cache, idx continues what it holds."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if self.pos_emb == "learned" and start + T > self.block_size:
@@ -254,33 +350,28 @@ class TransformerModel(nn.Module):
         elif self.pos_emb == "sinusoidal":
             x = x + sinusoidal_embedding(pos, self.embed_size).to(x.dtype)
         rope = rope_cos_sin(pos, self.head_dim, x.dtype) if self.pos_emb == "rope" else None
-        x = self.drop(x)
-        attn = {}
-        for i, block in enumerate(self.blocks):
-            kv = (cache.k[i], cache.v[i], start) if cache is not None else None
-            x, att = block(x, rope, kv, return_attn)
-            if return_attn:
-                attn[f"blocks.{i}.attn"] = att
+        x = self.drop(self.hook_embed(x))
+        for block in self.blocks:
+            x = block(x, rope, cache)
         if cache is not None:
-            cache.pos = start + T
-        return self.norm_f(x), attn
+            cache.advance(T)
+        return self.hook_final(self.norm_f(x))
 
     def hidden(self, idx):
         """(B, T) ids -> (B, T, E) final hidden states; forward(idx) == lm_head(hidden(idx))."""
-        return self._run(idx)[0]
+        return self._run(idx)
 
-    def forward(self, idx, return_attn=False):
-        """(B, T) ids -> logits (B, T, V); with return_attn also {"blocks.i.attn": (B, H, T, T)}."""
-        h, attn = self._run(idx, return_attn=return_attn)
-        logits = self.lm_head(h)  # (B, T, V)
-        return (logits, attn) if return_attn else logits
+    def forward(self, idx):
+        """(B, T) ids -> logits (B, T, V)."""
+        return self.lm_head(self._run(idx))
 
     # Incremental generation (see sampling.generate).
     def init_state(self, batch_size, device=None, dtype=None):
         """An empty KV cache for batch_size sequences, block_size positions long."""
         w = self.wte.weight
+        device, dtype = device or w.device, dtype or w.dtype
         return KVCache(self.n_blocks, batch_size, self.n_heads, self.block_size, self.head_dim,
-                       device or w.device, dtype or w.dtype, head_weight=self.lm_head.weight)
+                       device, dtype, head_t=self.lm_head.transposed(device, dtype))
 
     def step(self, idx, state):
         """Feed the new tokens idx (B, T_new); return logits of the last position (B, V) and the state.
@@ -295,5 +386,5 @@ class TransformerModel(nn.Module):
             idx = tokens[:, -state.max_len:]
             state.pos = 0
         state.tokens = tokens[:, -state.max_len:]
-        h, _ = self._run(idx, cache=state)
-        return h[:, -1] @ state.head_t, state  # lm_head on the last position only: (B, V)
+        h = self._run(idx, cache=state)
+        return self.lm_head.decode(h[:, -1], state.head_t), state  # the last position only: (B, V)
