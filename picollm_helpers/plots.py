@@ -19,7 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import figures_dir
-from .training import History, _in_notebook, atomic_write
+from .files import write_bytes
+from .history import History
+from .progress import in_notebook
 
 LOSS_LABEL = "cross-entropy loss (nats/token)"
 STEP_LABEL = "global step (optimizer updates)"
@@ -35,22 +37,31 @@ def figure_path(path) -> Path:
     return p
 
 
-def _png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+def png_bytes(fig, dpi: int = 110, **savefig_kwargs) -> bytes:
+    """The figure as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, **savefig_kwargs)
     return buf.getvalue()
+
+
+def save_figure(fig, name, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as a PNG (atomically), tightly cropped; return where it went.
+
+    A bare name ("05_train_test_gap") lands in figures/ ($PICOLLM_FIGURES), '.png' is added if
+    missing. Lessons call it for every figure they draw with pyplot, so names stay stable.
+    """
+    return write_bytes(figure_path(name), png_bytes(fig, dpi=dpi, bbox_inches="tight"))
 
 
 def _finish(fig: Figure, path=None, show: bool = True) -> Figure:
     """Save (atomically) and display in a notebook; returns the figure."""
     png = None
     if path is not None:
-        png = _png_bytes(fig)
-        with atomic_write(figure_path(path), "wb") as f:
-            f.write(png)
-    if show and _in_notebook():
+        png = png_bytes(fig)
+        write_bytes(figure_path(path), png)
+    if show and in_notebook():
         from IPython.display import Image, display
-        display(Image(data=png or _png_bytes(fig)))
+        display(Image(data=png or png_bytes(fig)))
     return fig
 
 
@@ -61,8 +72,12 @@ def _new_axes(figsize=(8, 4.5)):
     return fig, ax
 
 
-def _moving_average(steps, values, window: int):
-    """Trailing mean over `window` points; x is the last step of each window."""
+def moving_average(steps, values, window: int):
+    """Trailing mean of `values` over `window` points: (x, y) with x the last step of each window.
+
+    The curves the lessons compare are per-step losses, noisy at batch 16; a trailing window keeps
+    each point a function of the past only, so a smoothed curve never "knows" later steps.
+    """
     steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
     window = max(1, min(int(window), len(values)))
     if window == 1:
@@ -83,7 +98,7 @@ def _draw_history(ax, history: History):
         ax.plot(steps, losses, color=palette[0], alpha=0.3 if window > 1 else 1.0, lw=1,
                 label="train (per step)")
         if window > 1:
-            ax.plot(*_moving_average(steps, losses, window), color=palette[0], lw=2,
+            ax.plot(*moving_average(steps, losses, window), color=palette[0], lw=2,
                     label=f"train ({window}-step moving mean)")
     if history.test_loss:
         _, steps, losses = zip(*history.test_loss)
@@ -95,7 +110,7 @@ def _draw_history(ax, history: History):
         ax.legend()
 
 
-def _history_figure(history: History, title=None) -> Figure:
+def history_figure(history: History, title=None) -> Figure:
     fig, ax = _new_axes()
     _draw_history(ax, history)
     ax.set_title(title or f"{history.name or 'model'}: train loss per step, test loss per epoch")
@@ -106,7 +121,7 @@ def plot_history(history: History, path=None, title=None) -> Figure:
     """The report's figure: training loss per step and test loss per epoch, x = global step."""
     if not isinstance(history, History):
         raise ValueError(f"plot_history takes the History that train() returns, got {type(history).__name__}")
-    return _finish(_history_figure(history, title), path)
+    return _finish(history_figure(history, title), path)
 
 
 def _series(h: History, metric: str):
@@ -137,7 +152,7 @@ def plot_runs(runs: dict, metric: str = "train", path=None, title=None, smooth: 
         for h in hs:
             steps, vals = _series(h, metric)
             if metric == "train" and vals:
-                steps, vals = _moving_average(steps, vals, smooth or _auto_window(len(vals)))
+                steps, vals = moving_average(steps, vals, smooth or _auto_window(len(vals)))
             curves.append((np.asarray(steps, dtype=float), np.asarray(vals, dtype=float)))
         curves = [c for c in curves if len(c[0])]
         if not curves:

@@ -1,48 +1,37 @@
-"""Training engine: the loss, evaluation, the training loop, checkpoints and run logs.
+"""The training loop: `train`, `evaluate`, the data order and the learning-rate schedule.
 
     history = train(model, cfg, train_ds, test_ds, tokenizer, name="transformer")
     plot_history(history)
 
-Each run writes to `<cfg.output_dir>/<name>/`:
-
-  loss_logs.json        {"format": "picollm.loss_logs/1", "name", "kind", "config": {...RunConfig},
-                         "train": {"step": [1, 2, ...], "loss": [...]},          one entry per optimizer step
-                         "test":  {"epoch": [1, ...], "step": [...], "loss": [...]}, one per epoch, full test set
-                         "final_train_loss", "final_test_loss",
-                         "wall_time_s", "train_time_s", "tokens_seen", "tokens_per_second", "extra": {...}}
-  generation_logs.json  {"format": "picollm.generation_logs/1", "name", "prompt", "max_new_tokens",
-                         "epochs": [{"epoch": 1, "samples": {"greedy": "...", "top_p=0.2": "...", ...}}, ...]}
-  checkpoint.pt         latest end-of-epoch state (see save_checkpoint), loadable with weights_only=True
-
-Losses are mean cross-entropy in nats per non-padding target token. `tokens_per_second` counts
-non-padding tokens over the time spent in optimizer steps (evaluation and sampling excluded).
-History.load(run_dir) reads the two JSON files back.
+One epoch is min(cfg.max_steps_per_epoch, len(train_ds) // batch_size) AdamW steps over batches
+in an order fixed by (cfg.seed, epoch), then the loss on the whole test set and, given a
+tokenizer, the report's samples from cfg.prompt. Each run writes its logs (history.py) and
+checkpoint (checkpoint.py) to `<cfg.output_dir>/<name>/`; `cache=True` reuses a model trained
+earlier with the identical config, data, initial weights and seed (model_cache.py).
+The loss itself lives in loss.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import distributed
-from .files import atomic_write
-from .config import IGNORE_INDEX, resolve_precision
-
-CHECKPOINT_FORMAT = "picollm.checkpoint/1"
-LOSS_LOGS_FORMAT = "picollm.loss_logs/1"
-GENERATION_LOGS_FORMAT = "picollm.generation_logs/1"
-_KIND_BY_CLASS = {"LSTMSeqModel": "lstm", "KGramMLPSeqModel": "kgram_mlp_seq",
-                  "TransformerModel": "transformer"}
+from . import distributed, model_cache
+from .batching import collate_batch
+from .checkpoint import config_dict, read_checkpoint, save_checkpoint, set_rng_state, vocab_size_of
+from .config import IGNORE_INDEX, resolve_device, resolve_precision
+from .history import History, plain
+from .loss import LossModule, loss_sum
+from .models import model_kind
+from .plots import history_figure, png_bytes
+from .progress import in_notebook, progress
+from .sampling import generate
+from .tokenizer import EOT_ID
 
 
 class TrainingDivergedError(RuntimeError):
@@ -50,287 +39,11 @@ class TrainingDivergedError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# History
-
-
-@dataclass
-class History:
-    """What one training run produced. Plain data: it round-trips through JSON and checkpoints."""
-    name: str = ""
-    kind: str | None = None
-    config: dict = field(default_factory=dict)
-    train_loss: list = field(default_factory=list)   # [(global_step, loss)] one per optimizer step
-    test_loss: list = field(default_factory=list)    # [(epoch, global_step, loss)] one per epoch
-    generations: dict = field(default_factory=dict)  # {epoch: {"greedy": text, "top_p=0.2": text, ...}}
-    wall_time: float = 0.0                           # seconds, whole run including eval and sampling
-    train_time: float = 0.0                          # seconds spent in optimizer steps
-    tokens_seen: int = 0                             # non-padding target tokens trained on
-    extra: dict = field(default_factory=dict)        # lesson-specific records (step_callback results)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens_seen / self.train_time if self.train_time > 0 else 0.0
-
-    @property
-    def final_train_loss(self) -> float:
-        """Mean training loss over the last 10 steps (one step alone is noisy)."""
-        last = [loss for _, loss in self.train_loss[-10:]]
-        return sum(last) / len(last) if last else float("nan")
-
-    @property
-    def final_test_loss(self) -> float:
-        return self.test_loss[-1][2] if self.test_loss else float("nan")
-
-    @property
-    def steps(self) -> int:
-        return self.train_loss[-1][0] if self.train_loss else 0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "config": _plain(self.config),
-                "train_loss": [[int(s), float(l)] for s, l in self.train_loss],
-                "test_loss": [[int(e), int(s), float(l)] for e, s, l in self.test_loss],
-                "generations": {str(e): dict(g) for e, g in self.generations.items()},
-                "wall_time": float(self.wall_time), "train_time": float(self.train_time),
-                "tokens_seen": int(self.tokens_seen), "extra": _plain(self.extra)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        return cls(name=d.get("name", ""), kind=d.get("kind"), config=dict(d.get("config", {})),
-                   train_loss=[(int(s), float(l)) for s, l in d.get("train_loss", [])],
-                   test_loss=[(int(e), int(s), float(l)) for e, s, l in d.get("test_loss", [])],
-                   generations={int(e): dict(g) for e, g in d.get("generations", {}).items()},
-                   wall_time=float(d.get("wall_time", 0.0)), train_time=float(d.get("train_time", 0.0)),
-                   tokens_seen=int(d.get("tokens_seen", 0)), extra=dict(d.get("extra", {})))
-
-    def loss_logs(self) -> dict:
-        """The loss_logs.json document (see the module docstring)."""
-        return {"format": LOSS_LOGS_FORMAT, "name": self.name, "kind": self.kind,
-                "config": _plain(self.config),
-                "train": {"step": [int(s) for s, _ in self.train_loss],
-                          "loss": [float(l) for _, l in self.train_loss]},
-                "test": {"epoch": [int(e) for e, _, _ in self.test_loss],
-                         "step": [int(s) for _, s, _ in self.test_loss],
-                         "loss": [float(l) for _, _, l in self.test_loss]},
-                "final_train_loss": _json_float(self.final_train_loss),
-                "final_test_loss": _json_float(self.final_test_loss),
-                "wall_time_s": self.wall_time, "train_time_s": self.train_time,
-                "tokens_seen": self.tokens_seen, "tokens_per_second": self.tokens_per_second,
-                "extra": _plain(self.extra)}
-
-    def generation_logs(self) -> dict:
-        """The generation_logs.json document (see the module docstring)."""
-        return {"format": GENERATION_LOGS_FORMAT, "name": self.name,
-                "prompt": self.config.get("prompt"), "max_new_tokens": self.config.get("max_new_tokens"),
-                "epochs": [{"epoch": e, "samples": dict(self.generations[e])}
-                           for e in sorted(self.generations)]}
-
-    def save(self, run_dir) -> None:
-        """Write loss_logs.json and generation_logs.json into run_dir (atomically)."""
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for fname, doc in (("loss_logs.json", self.loss_logs()), ("generation_logs.json", self.generation_logs())):
-            with atomic_write(run_dir / fname, "w") as f:
-                json.dump(doc, f, indent=1, ensure_ascii=False)
-
-    @classmethod
-    def load(cls, run_dir) -> "History":
-        """Read a run folder's loss_logs.json (and generation_logs.json if present)."""
-        run_dir = Path(run_dir)
-        path = run_dir / "loss_logs.json"
-        if not path.exists():
-            raise FileNotFoundError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
-                                    f"(<output_dir>/<name>)")
-        logs = json.loads(path.read_text(encoding="utf-8"))
-        h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),
-                train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
-                test_loss=list(zip(logs["test"]["epoch"], logs["test"]["step"], logs["test"]["loss"])),
-                wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
-                tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
-        gen_path = run_dir / "generation_logs.json"
-        if gen_path.exists():
-            gens = json.loads(gen_path.read_text(encoding="utf-8"))
-            h.generations = {int(g["epoch"]): dict(g["samples"]) for g in gens.get("epochs", [])}
-        return h
-
-
-def _json_float(x: float):
-    return x if math.isfinite(x) else None
-
-
-def _plain(obj):
-    """Tensors and tuples -> numbers and lists, so a record survives JSON and weights_only loads."""
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# ----------------------------------------------------------------------------------------------
-# Loss
-
-
-class _FusedLinearCE(torch.autograd.Function):
-    """sum_i CE(h_i @ W.T + b, t_i), `chunk` rows at a time, never holding the (N, V) logits.
-
-    The loss is a scalar, so the gradient of each chunk's logits, dCE/dlogits = softmax - onehot,
-    is known as soon as that chunk's logits are. With grad enabled, forward therefore computes it
-    chunk by chunk and folds it at once into grad_h (N, D), grad_W (V, D) and grad_b (V,), reusing
-    one (chunk, V) buffer for every chunk; backward only scales the stored gradients by the
-    incoming one. That is the plain path's three matmuls (logits, grad_h, grad_W) without its
-    several (N, V) tensors (the "fused linear cross-entropy" of the Liger kernels). Without grad
-    (evaluation) forward computes the loss alone.
-
-    Softmax and loss are fp32. mm_dtype=torch.bfloat16 (what _loss_sum passes under bf16
-    autocast) runs the three matmuls in bf16, as lm_head would under autocast; gradients are
-    still accumulated in fp32. Backward can run once per forward (no retain_graph).
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk, with_grad, mm_dtype):
-        # h: (N, D) hidden rows that have a real target; targets: (N,) ids in [0, V)
-        N, D = h.shape
-        V = weight.shape[0]
-        f32, dev = torch.float32, h.device
-        mm_dtype = mm_dtype or f32
-        with torch.autocast(device_type=dev.type, enabled=False):
-            hq, wq = h.to(mm_dtype), weight.to(mm_dtype)
-            bq = bias.to(mm_dtype) if bias is not None else None
-            c = max(1, min(int(chunk), N))
-            logits_buf = torch.empty(c, V, dtype=mm_dtype, device=dev)        # reused by every chunk
-            f32_buf = logits_buf if mm_dtype == f32 else torch.empty(c, V, dtype=f32, device=dev)
-            prob_buf = torch.empty(c, V, dtype=f32, device=dev)               # softmax, then p - onehot
-            rows = torch.arange(c, device=dev)
-            loss = torch.zeros((), dtype=f32, device=dev)
-            if with_grad:
-                new = torch.empty if N else torch.zeros                       # the first chunk writes them
-                grad_h = torch.empty(N, D, dtype=f32, device=dev)
-                grad_w = new(V, D, dtype=f32, device=dev)
-                grad_b = new(V, dtype=f32, device=dev) if bias is not None else None
-                low_buf = None if mm_dtype == f32 else torch.empty(c, V, dtype=mm_dtype, device=dev)
-            for i in range(0, N, c):
-                hc, tc = hq[i:i + c], targets[i:i + c]                    # (n, D), (n,)
-                n = hc.shape[0]
-                z = logits_buf[:n]
-                if bq is not None:
-                    torch.addmm(bq, hc, wq.t(), out=z)                   # (n, V) logits
-                else:
-                    torch.mm(hc, wq.t(), out=z)                          # (n, V) logits
-                zf = z if mm_dtype == f32 else f32_buf[:n].copy_(z)
-                p = torch.ops.aten._softmax.out(zf, -1, False, out=prob_buf[:n])  # (n, V)
-                # CE = -log p_target. Where p_target underflows toward 0 its log loses precision:
-                # those rows (a loss above 69 nats: rare) take logsumexp(z) - z_target instead.
-                p_t = p.gather(1, tc[:, None]).squeeze(1)                # (n,)
-                nll = -p_t.log()
-                tiny = p_t < 1e-30
-                if bool(tiny.any()):
-                    bad = tiny.nonzero().squeeze(1)
-                    nll[bad] = torch.logsumexp(zf[bad], dim=-1) - zf[bad, tc[bad]]
-                loss += nll.sum()
-                if not with_grad:
-                    continue
-                p[rows[:n], tc] -= 1.0                                   # dCE/dlogits = p - onehot
-                if mm_dtype == f32:
-                    torch.mm(p, wq, out=grad_h[i:i + n])                 # (n, D)
-                    if i == 0:
-                        torch.mm(p.t(), hc, out=grad_w)                  # (V, D) = (V, n) @ (n, D)
-                    else:
-                        grad_w.addmm_(p.t(), hc)
-                else:
-                    d = low_buf[:n].copy_(p)
-                    grad_h[i:i + n] = torch.mm(d, wq)
-                    gw = torch.mm(d.t(), hc)                             # (V, D) in mm_dtype
-                    grad_w.copy_(gw) if i == 0 else grad_w.add_(gw)
-                if grad_b is not None:
-                    torch.sum(p, dim=0, out=grad_b) if i == 0 else grad_b.add_(p.sum(dim=0))
-        ctx.with_grad = with_grad
-        if with_grad:
-            ctx.grads = (grad_h, grad_w, grad_b)
-            ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        if not ctx.with_grad:
-            raise RuntimeError("the fused loss was computed without gradients (under torch.no_grad()); "
-                               "compute it with grad enabled to call backward()")
-        if ctx.grads is None:
-            raise RuntimeError("backward through the fused loss ran already: it keeps its gradients for "
-                               "one backward pass (retain_graph=True is not supported); use loss_chunk_size=0")
-        grads, ctx.grads = ctx.grads, None
-        out = [None if (g is None or not need) else (g.mul_(grad_out) if g.dtype == dt else (g * grad_out).to(dt))
-               for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:3])]
-        return (*out, None, None, None, None)
-
-
-@torch.compiler.disable
-def _fused_linear_ce(h, weight, bias, targets, chunk, with_grad, mm_dtype):
-    # Under torch.compile the model around it is compiled; this loop of library matmuls runs as is.
-    return _FusedLinearCE.apply(h, weight, bias, targets, chunk, with_grad, mm_dtype)
-
-
-def _loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-    """Summed next-token CE over the targets that are not IGNORE_INDEX (padding)."""
-    if chunk_size and chunk_size > 0:
-        if not (hasattr(model, "hidden") and isinstance(getattr(model, "lm_head", None), nn.Linear)):
-            raise ValueError(f"loss_chunk_size={chunk_size} needs a model with .hidden() and an "
-                             f".lm_head nn.Linear; {type(model).__name__} has not: set loss_chunk_size=0")
-        hidden = model.hidden(x).flatten(0, 1)                           # (B*T, D)
-        targets = y.flatten()                                            # (B*T,)
-        keep = targets != IGNORE_INDEX
-        # Padding rows never reach the output layer: their loss is masked anyway.
-        hidden, targets = hidden[keep], targets[keep]                    # (N, D), (N,)
-        head = model.lm_head
-        with_grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad
-                                                 or (head.bias is not None and head.bias.requires_grad))
-        dev = hidden.device.type
-        mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        return _fused_linear_ce(hidden, head.weight, head.bias, targets, int(chunk_size), with_grad, mm_dtype)
-    logits = model(x)                                                    # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-    """Mean next-token cross-entropy over non-padding targets (y == -100 is masked).
-
-    chunk_size=0: F.cross_entropy on the full (B, T, V) logits. chunk_size>0: model.hidden(x) then
-    the output layer and CE `chunk_size` rows at a time (fused with their gradient, see
-    _FusedLinearCE), never holding (B, T, V) logits; same value and gradients, less memory and
-    time. Under bf16 autocast both paths run the output layer's matmuls in bf16.
-    """
-    n = (y != IGNORE_INDEX).sum()
-    return _loss_sum(model, x, y, chunk_size) / n.clamp(min=1)
-
-
-class _LossModule(nn.Module):
-    """model + loss in one forward(), so DDP and torch.compile see the whole training computation."""
-
-    def __init__(self, model: nn.Module, chunk_size: int):
-        super().__init__()
-        self.model = model
-        self.chunk_size = chunk_size
-
-    def forward(self, x, y):
-        return _loss_sum(self.model, x, y, self.chunk_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data order
-
-
-def _collate(examples, pad_id: int):
-    from .batching import collate_batch
-    return collate_batch(examples, pad_id=pad_id)
+# Data order and schedule
 
 
 def _pad_id(ds, tokenizer=None) -> int:
     """The id that pads x: the dataset's (its tokenizer's <|endoftext|>), else the tokenizer's."""
-    from .tokenizer import EOT_ID
     pad = getattr(ds, "pad_id", None)
     return int(pad if pad is not None else getattr(tokenizer, "eot_token", EOT_ID))
 
@@ -344,18 +57,19 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Te
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
 
-def _steps_per_epoch(n: int, cfg) -> int:
+def steps_per_epoch(n: int, cfg) -> int:
+    """Optimizer steps train() takes per epoch on n examples: full batches, capped by max_steps_per_epoch."""
     full = max(1, n // cfg.batch_size)
     return full if cfg.max_steps_per_epoch is None else min(full, cfg.max_steps_per_epoch)
 
 
-def _lr_at(step: int, total: int, cfg) -> float:
+def lr_at(step: int, total: int, cfg) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine to lr/10."""
     lr = cfg.learning_rate
-    warm = getattr(cfg, "warmup_steps", 0) or 0
+    warm = cfg.warmup_steps
     if step < warm:
         return lr * (step + 1) / warm
-    if getattr(cfg, "lr_schedule", "constant") == "cosine":
+    if cfg.lr_schedule == "cosine":
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
     return lr
@@ -369,8 +83,8 @@ def _reads_losses_late(device: torch.device, step_callback) -> bool:
     return device.type == "cuda" and step_callback is None
 
 
-def _autocast(device: torch.device, cfg):
-    precision = resolve_precision(getattr(cfg, "precision", "fp32"), device)
+def autocast(device: torch.device, cfg):
+    precision = resolve_precision(cfg.precision, device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -410,147 +124,25 @@ def evaluate(model: nn.Module, test_ds, cfg) -> float:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chunk = getattr(cfg, "loss_chunk_size", 0) or 0
+    chunk = cfg.loss_chunk_size
     pad_id = _pad_id(test_ds)
     loss_total, count = 0.0, 0                                          # python floats: float64 sums
     starts = range(0, len(test_ds), cfg.batch_size)
     for b, start in enumerate(starts):
         if b % dist.world_size != dist.rank:
             continue
-        x, y = _collate([test_ds[i] for i in range(start, min(start + cfg.batch_size, len(test_ds)))], pad_id)
+        stop = min(start + cfg.batch_size, len(test_ds))
+        x, y = collate_batch([test_ds[i] for i in range(start, stop)], pad_id=pad_id)
         x, y = x.to(device), y.to(device)
-        with _autocast(device, cfg):
-            loss_sum = _loss_sum(model, x, y, chunk)
-        loss_total += loss_sum.item()
+        with autocast(device, cfg):
+            batch_loss = loss_sum(model, x, y, chunk)
+        loss_total += batch_loss.item()
         count += int((y != IGNORE_INDEX).sum())
     if dist.enabled:
         total = distributed.all_reduce_sum(torch.tensor([loss_total, count], dtype=torch.float64, device=device))
         loss_total, count = total.tolist()
     model.train(was_training)
     return loss_total / max(count, 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def model_kind(model: nn.Module) -> str | None:
-    """'lstm' | 'kgram_mlp_seq' | 'transformer' for the kit's models (what build_model takes)."""
-    return getattr(model, "kind", None) or _KIND_BY_CLASS.get(type(model).__name__)
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    v = getattr(model, "vocab_size", None)
-    if v is None and isinstance(getattr(model, "lm_head", None), nn.Linear):
-        v = model.lm_head.out_features
-    return None if v is None else int(v)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-
-
-def _config_dict(cfg) -> dict:
-    if cfg is None:
-        return {}
-    return _plain(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
-
-
-def _tokenizer_record(tokenizer):
-    """A CompactTokenizer's id map (dense id -> GPT-2 id), so its models decode after a reload."""
-    to_base = getattr(tokenizer, "to_base", None)
-    return {"kind": "compact", "gpt2_ids": to_base[:-1].clone()} if to_base is not None else None
-
-
-def save_checkpoint(path, model: nn.Module, optimizer=None, cfg=None, kind: str | None = None,
-                    history: History | None = None, *, epoch: int = 0, global_step: int = 0,
-                    tokenizer=None) -> Path:
-    """Write model (and optimizer, config, history, RNG) state to `path` atomically.
-
-    The file holds only tensors and plain Python data, so torch.load(path, weights_only=True)
-    reads it: {"format", "model_state", "optimizer_state", "config" (RunConfig.to_dict()), "kind",
-    "vocab_size", "epoch", "global_step", "rng", "history" (History.to_dict()),
-    "tokenizer" (None for GPT-2, or a CompactTokenizer's {"kind": "compact", "gpt2_ids"}), "torch_version"}.
-    """
-    path = Path(path)
-    ckpt = {"format": CHECKPOINT_FORMAT,
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-            "config": _config_dict(cfg),
-            "kind": kind or model_kind(model),
-            "vocab_size": _vocab_size(model),
-            "epoch": int(epoch), "global_step": int(global_step),
-            "rng": _rng_state(),
-            "history": history.to_dict() if history is not None else None,
-            "tokenizer": _tokenizer_record(tokenizer),
-            "torch_version": str(torch.__version__)}
-    with atomic_write(path, "wb") as f:
-        torch.save(ckpt, f)
-    return path
-
-
-def _read_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass the checkpoint.pt that train() "
-                                f"wrote under <output_dir>/<name>/")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a pico-llm checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
-                         f"write it with save_checkpoint()")
-    return ckpt
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Rebuild the model a checkpoint holds. Returns (model, info).
-
-    info: {"config": RunConfig, "kind", "epoch", "global_step", "history": History | None,
-    "tokenizer": the CompactTokenizer the model was trained with, or None (plain GPT-2: use
-    get_tokenizer()), "optimizer_state", "rng", "path"}. Loading never unpickles arbitrary objects
-    (weights_only=True).
-    """
-    from .config import RunConfig
-    from .models import build_model
-
-    ckpt = _read_checkpoint(path, map_location)
-    if not ckpt.get("kind") or not ckpt.get("config"):
-        raise ValueError(f"{path} lacks the model kind or config needed to rebuild the model; "
-                         f"save it with save_checkpoint(path, model, cfg=cfg, kind=...)")
-    cfg = RunConfig.from_dict(ckpt["config"])
-    kwargs = {"vocab_size": ckpt["vocab_size"]} if ckpt.get("vocab_size") else {}
-    model = build_model(ckpt["kind"], cfg, **kwargs)
-    model.load_state_dict(ckpt["model_state"])
-    model.to(map_location if map_location is not None else "cpu")
-    history = History.from_dict(ckpt["history"]) if ckpt.get("history") else None
-    tokenizer = None
-    if (ckpt.get("tokenizer") or {}).get("kind") == "compact":
-        from .tokenizer import CompactTokenizer, get_tokenizer
-        tokenizer = CompactTokenizer(get_tokenizer(), ckpt["tokenizer"]["gpt2_ids"].tolist())
-    info = {"config": cfg, "kind": ckpt["kind"], "epoch": ckpt["epoch"], "global_step": ckpt["global_step"],
-            "history": history, "tokenizer": tokenizer, "optimizer_state": ckpt.get("optimizer_state"),
-            "rng": ckpt.get("rng"), "path": str(path)}
-    return model, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,29 +169,19 @@ def grad_norms_by_layer(model: nn.Module, per_parameter: bool = False) -> dict[s
 # Live plot (notebooks only)
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    ip = get_ipython()
-    return ip is not None and getattr(ip, "kernel", None) is not None
-
-
 class _LivePlot:
     """Redraws the loss plot in one notebook output every `every` steps; a no-op elsewhere."""
 
     def __init__(self, every: int):
         self.every = every
         self.handle = None
-        self.enabled = every > 0 and _in_notebook()
+        self.enabled = every > 0 and in_notebook()
 
     def update(self, history: History, step: int, force: bool = False):
         if not self.enabled or (not force and step % self.every):
             return
         from IPython.display import Image, display
-        from .plots import _history_figure, _png_bytes
-        img = Image(data=_png_bytes(_history_figure(history, title=f"{history.name}: training (live)")))
+        img = Image(data=png_bytes(history_figure(history, title=f"{history.name}: training (live)")))
         if self.handle is None:
             self.handle = display(img, display_id=True)
         else:
@@ -612,18 +194,16 @@ class _LivePlot:
 
 def _generate_samples(model, tokenizer, cfg, epoch: int) -> dict[str, str]:
     """Greedy plus one sample per cfg.top_p_values from cfg.prompt: the report's tables."""
-    from .sampling import generate
-
     samples = {"greedy": generate(model, tokenizer, cfg.prompt, cfg.max_new_tokens, greedy=True, seed=cfg.seed)}
     for p in cfg.top_p_values:
         samples[f"top_p={float(p)}"] = generate(model, tokenizer, cfg.prompt, cfg.max_new_tokens,
                                                 greedy=False, top_p=float(p), seed=cfg.seed + epoch)
-    return {k: getattr(g, "text", g) for k, g in samples.items()}  # prompt + continuation, as the report
+    return {k: g.text for k, g in samples.items()}  # prompt + continuation, as the report
 
 
 def _check_vocab(model, train_ds, tokenizer) -> None:
     """Model, data and tokenizer must agree on the vocabulary (compact_vocab changes it)."""
-    model_v, data_v = _vocab_size(model), getattr(train_ds, "vocab_size", None)
+    model_v, data_v = vocab_size_of(model), getattr(train_ds, "vocab_size", None)
     tok_v = getattr(tokenizer, "n_vocab", None)
     if model_v is not None and data_v is not None and model_v != data_v:
         raise ValueError(f"the model has vocab_size={model_v} but the data uses {data_v} token ids "
@@ -634,23 +214,18 @@ def _check_vocab(model, train_ds, tokenizer) -> None:
                          f"tokenizer the data was made with, train_ds.tokenizer")
 
 
-def _resolve_device(cfg) -> torch.device:
-    from .config import resolve_device
-    return resolve_device(cfg.device_id)
-
-
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
     """The AdamW that train() uses. On CPU and CUDA it is torch's fused kernel: one pass over each
     parameter instead of about ten elementwise ops, which makes the optimizer step about 5x faster on
     a CPU (python -m picollm_helpers.bench measures the whole training step); same update rule."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                             weight_decay=getattr(cfg, "weight_decay", 0.0),
+                             weight_decay=cfg.weight_decay,
                              fused=torch.device(device).type in ("cpu", "cuda") or None)
 
 
 def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str | None = None,
           live_plot: bool | int = False, resume_from=None, checkpoint_every_epoch: bool = True,
-          step_callback=None, save: bool = True) -> History:
+          step_callback=None, save: bool = True, cache: bool = False) -> History:
     """Train `model` on train_ds for cfg.epochs epochs; returns a History.
 
     Each epoch takes min(cfg.max_steps_per_epoch, len(train_ds) // batch_size) AdamW steps over
@@ -666,6 +241,10 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     step_callback(step, model, loss): called after each backward pass, before clipping and the
       optimizer step (so .grad holds this step's raw gradients). A dict it returns is appended,
       with "step", to history.extra["callback"].
+    cache: reuse the model a call with the identical config, data, initial weights, seed and name
+      trained before (saying so and when), instead of training; otherwise train and keep the
+      result for next time. A cached run does not call step_callback again: what it returned then
+      is in history.extra["callback"].
     Raises TrainingDivergedError when the loss or gradient norm becomes NaN or infinite.
     """
     if tokenizer is None:
@@ -673,47 +252,59 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     _check_vocab(model, train_ds, tokenizer)
     dist, dist_device = distributed.setup(cfg.device_id)
     main = dist.is_main
-    device = dist_device or _resolve_device(cfg)
+    device = dist_device or resolve_device(cfg.device_id)
     kind = model_kind(model)
     name = name or kind or type(model).__name__
     run_dir = Path(cfg.output_dir) / name
+    key = None
+    if cache:
+        if resume_from is not None or dist.enabled:
+            raise ValueError("cache=True trains from scratch in one process: drop resume_from, or "
+                             "run without torchrun, or pass cache=False")
+        key = model_cache.cache_key(model, cfg, train_ds, test_ds, tokenizer, name)
+        cached = model_cache.load(model, key, name)
+        if cached is not None:
+            model.to(device)
+            if save:
+                cached.save(run_dir)
+            return cached
     model.to(device)
 
     optimizer = make_optimizer(model, cfg, device)
-    history = History(name=name, kind=kind, config=_config_dict(cfg))
+    history = History(name=name, kind=kind, config=config_dict(cfg))
     start_epoch, global_step = 1, 0
     if resume_from is not None:
-        ckpt = _read_checkpoint(resume_from, map_location="cpu")  # load_state_dict moves to device
+        ckpt = read_checkpoint(resume_from, map_location="cpu")  # load_state_dict moves to device
         model.load_state_dict(ckpt["model_state"])
         if ckpt.get("optimizer_state"):
             optimizer.load_state_dict(ckpt["optimizer_state"])
         if ckpt.get("history"):
             history = History.from_dict(ckpt["history"])
-            history.config = _config_dict(cfg)
+            history.config = config_dict(cfg)
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if main:
             print(f"[{name}] resumed from {resume_from} after epoch {ckpt['epoch']} (step {global_step})")
     else:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
-    loss_module = _LossModule(model, getattr(cfg, "loss_chunk_size", 0) or 0)
+    loss_module = LossModule(model, cfg.loss_chunk_size)
     step_fn = loss_module
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    if getattr(cfg, "compile", False):
+    if cfg.compile:
         step_fn = _compile_or_eager(step_fn, name)
-    if main and getattr(cfg, "precision", "fp32") == "auto":
+    if main and cfg.precision == "auto":
         print(f"[{name}] precision auto: {resolve_precision('auto', device)} on {device}")
 
     n_train = len(train_ds)
     if n_train < dist.world_size:
         raise ValueError(f"the training set has {n_train} examples, fewer than the {dist.world_size} "
                          f"processes: use more data or fewer processes")
-    steps_per_epoch = _steps_per_epoch(n_train, cfg)
-    total_steps = cfg.epochs * steps_per_epoch
+    n_steps = steps_per_epoch(n_train, cfg)
+    total_steps = cfg.epochs * n_steps
     has_test = test_ds is not None and len(test_ds) > 0
     pad_id = _pad_id(train_ds, tokenizer)
     live = _LivePlot((25 if live_plot is True else int(live_plot)) if (live_plot and main) else 0)
@@ -721,24 +312,25 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
-        batches = epoch_order(n_train, cfg.batch_size, cfg.seed, epoch)[:steps_per_epoch]
-        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main, dynamic_ncols=True)
+        batches = epoch_order(n_train, cfg.batch_size, cfg.seed, epoch)[:n_steps]
+        bar = progress(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main)
         epoch_losses = []
         late = _reads_losses_late(device, step_callback)
         pending = None  # with `late`: (step, loss, gradient norm) of a step still on the GPU
 
-        def finite(step, what, value):
+        # The helpers below belong to this epoch: its number, loss list and bar are bound here.
+        def finite(step, what, value, epoch=epoch):
             if not math.isfinite(value):
                 raise TrainingDivergedError(_diverged_message(name, epoch, step, what, value, cfg))
             return value
 
-        def record(step, loss_value):
+        def record(step, loss_value, epoch_losses=epoch_losses, bar=bar):
             history.train_loss.append((step, loss_value))
             epoch_losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             live.update(history, step)
 
-        def settle(step, loss_t, norm_t):
+        def settle(step, loss_t, norm_t, finite=finite, record=record):
             """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
             loss_value = finite(step, "loss", loss_t.item())
             if norm_t is not None:
@@ -748,21 +340,21 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         for idx in bar:
             t0 = time.time()
             shard = idx.tensor_split(dist.world_size)[dist.rank]     # this rank's part of the global batch
-            x, y = _collate([train_ds[int(i)] for i in shard], pad_id)  # (b, T), (b, T)
+            x, y = collate_batch([train_ds[int(i)] for i in shard], pad_id=pad_id)  # (b, T), (b, T)
             n_tok = int((y != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU wait
             if dist.enabled:                                            # global non-padding targets
                 n_tok = int(distributed.all_reduce_sum(torch.tensor(n_tok, device=device)).item())
             x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(global_step, total_steps, cfg)
+                group["lr"] = lr_at(global_step, total_steps, cfg)
             global_step += 1
 
-            with _autocast(device, cfg):
-                loss_sum = step_fn(x, y)
+            with autocast(device, cfg):
+                step_loss_sum = step_fn(x, y)
             # DDP averages gradients over ranks: scaling by world/n_tok makes them the gradient of
             # the global token-mean loss, exactly what one process with the whole batch computes.
-            loss = loss_sum * (dist.world_size / max(n_tok, 1))
-            loss_t = distributed.all_reduce_sum(loss_sum.detach().float().clone()) / max(n_tok, 1)
+            loss = step_loss_sum * (dist.world_size / max(n_tok, 1))
+            loss_t = distributed.all_reduce_sum(step_loss_sum.detach().float().clone()) / max(n_tok, 1)
             if not late:  # stop before a NaN loss is backpropagated
                 loss_value = finite(global_step, "loss", loss_t.item())
 
@@ -771,7 +363,7 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             if step_callback is not None:
                 extra = step_callback(global_step, model, loss_value)
                 if isinstance(extra, dict):
-                    history.extra.setdefault("callback", []).append({"step": global_step, **_plain(extra)})
+                    history.extra.setdefault("callback", []).append({"step": global_step, **plain(extra)})
             norm = None
             if cfg.grad_clip and cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -817,6 +409,8 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     history.wall_time = time.time() - run_start
     if main and save:
         history.save(run_dir)
+    if key is not None:
+        model_cache.store(model, key, name, cfg, history, tokenizer, epoch=cfg.epochs, global_step=global_step)
     return history
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from picollm_helpers.plots import figure_path, plot_attention, plot_history, plot_runs
-from picollm_helpers.training import History
+from picollm_helpers.history import History
+from picollm_helpers.plots import figure_path, moving_average, plot_attention, plot_history, plot_runs, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,3 +81,20 @@ def test_plot_attention_heatmap(tmp_path):
     grid = Figure()
     axes = grid.subplots(1, 2)
     assert plot_attention(attn, tokens, ax=axes[1]) is grid
+
+
+def test_save_figure_writes_a_png_under_figures_by_bare_name(tmp_path):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, "00_line")
+    plt.close(fig)
+    assert path == tmp_path / "figures" / "00_line.png"
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_moving_average_is_a_trailing_mean():
+    x, y = moving_average([1, 2, 3, 4, 5], [1.0, 3.0, 5.0, 7.0, 9.0], window=2)
+    assert x.tolist() == [2, 3, 4, 5] and y.tolist() == [2.0, 4.0, 6.0, 8.0]
+    x, y = moving_average([1, 2], [4.0, 6.0], window=10)       # the window shrinks to the data
+    assert x.tolist() == [2] and y.tolist() == [5.0]

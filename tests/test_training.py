@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from picollm_helpers import checkpoint, history
 from picollm_helpers import training as tr
-from picollm_helpers.config import RunConfig
 from picollm_helpers.batching import TokenDataset
+from picollm_helpers.config import IGNORE_INDEX, RunConfig
+from picollm_helpers.loss import FusedLinearCE, lm_loss
 from picollm_helpers.models import build_model
 from picollm_helpers.seqs import generate_3seqs
 from picollm_helpers.tokenizer import CompactTokenizer, get_tokenizer
@@ -109,12 +111,12 @@ def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path, kind):
     torch.manual_seed(2)
     x = torch.randint(0, VOCAB[0], (3, 11))
     y = torch.randint(0, VOCAB[0], (3, 11))
-    y[1, 7:] = tr.IGNORE_INDEX                                   # padding is masked in both paths
+    y[1, 7:] = IGNORE_INDEX                                   # padding is masked in both paths
     grads = []
     losses = []
     for chunk in (0, 5):                                         # 5 does not divide the 30 real rows
         model.zero_grad()
-        loss = tr.lm_loss(model, x, y, chunk_size=chunk)
+        loss = lm_loss(model, x, y, chunk_size=chunk)
         loss.backward()
         losses.append(loss.item())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -142,7 +144,7 @@ def test_fused_linear_ce_equals_full_logits(chunk, bias):
     inputs = [h, w] + ([b] if bias else [])
     ref = F.cross_entropy(F.linear(h, w, b), t, reduction="sum")
     ref_grads = torch.autograd.grad(ref * 0.37, inputs)
-    loss = tr._FusedLinearCE.apply(h, w, b, t, chunk, True, None)
+    loss = FusedLinearCE.apply(h, w, b, t, chunk, True, None)
     grads = torch.autograd.grad(loss * 0.37, inputs)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     for g, r in zip(grads, ref_grads):
@@ -151,7 +153,7 @@ def test_fused_linear_ce_equals_full_logits(chunk, bias):
 
 def test_fused_loss_of_an_all_padding_batch_is_zero(tmp_path):
     h, w, b, t = _head_inputs(N=0)
-    loss = tr._FusedLinearCE.apply(h, w, b, t, 8, True, None)
+    loss = FusedLinearCE.apply(h, w, b, t, 8, True, None)
     gw, gb = torch.autograd.grad(loss, (w, b))
     assert loss.item() == 0.0 and not gw.any() and not gb.any()
 
@@ -163,16 +165,16 @@ def test_fused_loss_does_no_gradient_work_without_grad(tmp_path, monkeypatch):
     x = torch.randint(0, VOCAB[0], (2, 9))
     y = torch.randint(0, VOCAB[0], (2, 9))
     seen = []
-    apply = tr._FusedLinearCE.apply
-    monkeypatch.setattr(tr._FusedLinearCE, "apply", lambda *a: seen.append(a[5]) or apply(*a))
+    apply = FusedLinearCE.apply
+    monkeypatch.setattr(FusedLinearCE, "apply", lambda *a: seen.append(a[5]) or apply(*a))
     with torch.no_grad():
-        fused, plain = tr.lm_loss(model, x, y, chunk_size=4), tr.lm_loss(model, x, y)
-    loss = tr.lm_loss(model, x, y, chunk_size=4)
+        fused, plain = lm_loss(model, x, y, chunk_size=4), lm_loss(model, x, y)
+    loss = lm_loss(model, x, y, chunk_size=4)
     assert seen == [False, True]
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6) == loss.item()
     h, w, b, t = _head_inputs()
     with pytest.raises(RuntimeError, match="without gradients"):
-        tr._FusedLinearCE.apply(h, w, b, t, 8, False, None).backward()
+        FusedLinearCE.apply(h, w, b, t, 8, False, None).backward()
 
 
 def test_fused_loss_under_bf16_autocast_is_close_to_fp32(tmp_path):
@@ -186,7 +188,7 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32(tmp_path):
     for bf16 in (False, True):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = tr.lm_loss(model, x, y, chunk_size=5)
+            loss = lm_loss(model, x, y, chunk_size=5)
         loss.backward()
         losses.append(loss.item())
         grads.append(model.lm_head.weight.grad.clone())
@@ -240,10 +242,10 @@ def test_logs_have_documented_structure(tmp_path, data, tok):
     assert gens["format"] == "picollm.generation_logs/1" and gens["prompt"] == "0 1 2 3"
     assert [g["epoch"] for g in gens["epochs"]] == [1, 2]
     assert list(gens["epochs"][1]["samples"]) == ["greedy", "top_p=0.5", "top_p=1.0"]
-    back = tr.History.load(run)
+    back = history.History.load(run)
     assert back.train_loss == h.train_loss and back.test_loss == h.test_loss
     assert back.generations == h.generations
-    assert tr.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+    assert history.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
 
 
 def test_checkpoint_round_trip(tmp_path, data):
@@ -255,13 +257,13 @@ def test_checkpoint_round_trip(tmp_path, data):
     raw = torch.load(path, weights_only=True)                    # plain data only: no pickled objects
     assert raw["kind"] == "transformer" and raw["epoch"] == 1 and raw["global_step"] == 2
     assert set(raw["optimizer_state"]["state"])                  # AdamW moments are saved
-    loaded, info = tr.load_checkpoint(path)
+    loaded, info = checkpoint.load_checkpoint(path)
     assert info["config"] == cfg and info["kind"] == "transformer"
     assert info["history"].train_loss == h.train_loss and info["history"].test_loss == h.test_loss
     sd, sd2 = model.state_dict(), loaded.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
-        tr.load_checkpoint(tmp_path / "missing.pt")
+        checkpoint.load_checkpoint(tmp_path / "missing.pt")
 
 
 class Crash(Exception):
@@ -331,7 +333,7 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch,
     cfg = tiny_cfg(tmp_path)
     model = make("lstm", cfg)
     path = tmp_path / "ckpt" / "checkpoint.pt"
-    tr.save_checkpoint(path, model, cfg=cfg, epoch=1)
+    checkpoint.save_checkpoint(path, model, cfg=cfg, epoch=1)
     before = path.read_bytes()
     real_save = torch.save
 
@@ -342,11 +344,11 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch,
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     with pytest.raises(OSError, match="disk full"):
-        tr.save_checkpoint(path, model, cfg=cfg, epoch=2)
+        checkpoint.save_checkpoint(path, model, cfg=cfg, epoch=2)
     monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]
-    assert tr.load_checkpoint(path)[1]["epoch"] == 1
+    assert checkpoint.load_checkpoint(path)[1]["epoch"] == 1
 
 
 def test_step_callback_records_grad_norms_by_layer(tmp_path, data):
@@ -363,11 +365,11 @@ def test_step_callback_records_grad_norms_by_layer(tmp_path, data):
 
 def test_learning_rate_schedule(tmp_path):
     cfg = tiny_cfg(tmp_path, learning_rate=1e-3, warmup_steps=4, lr_schedule="cosine")
-    lrs = [tr._lr_at(s, 20, cfg) for s in range(20)]
+    lrs = [tr.lr_at(s, 20, cfg) for s in range(20)]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lrs[4] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
     assert lrs[-1] >= 1e-4
-    assert tr._lr_at(10, 20, tiny_cfg(tmp_path)) == pytest.approx(3e-3)
+    assert tr.lr_at(10, 20, tiny_cfg(tmp_path)) == pytest.approx(3e-3)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
@@ -375,3 +377,45 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert len(a) == 6 and all(len(b) == 8 for b in a)
     assert all(torch.equal(x, y) for x, y in zip(a, tr.epoch_order(50, 8, seed=1, epoch=2)))
     assert not torch.equal(a[0], tr.epoch_order(50, 8, seed=1, epoch=3)[0])
+
+
+def test_cache_reuses_the_model_trained_with_the_identical_run_and_misses_on_any_change(
+        tmp_path, data, tok, monkeypatch, capsys):
+    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path / "cache"))
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, max_steps_per_epoch=3)
+    steps = []
+    count = lambda step, model, loss: steps.append(step)
+    first_model = make("transformer", cfg)
+    first = tr.train(first_model, cfg, train_ds, test_ds, tok, step_callback=count, cache=True)
+    assert steps == [1, 2, 3]
+
+    again = make("transformer", cfg)                    # the same initial weights
+    second = tr.train(again, cfg, train_ds, test_ds, tok, step_callback=count, cache=True)
+    assert steps == [1, 2, 3]                           # nothing was trained
+    assert "loaded from the model cache" in capsys.readouterr().out
+    assert second.train_loss == first.train_loss and second.test_loss == first.test_loss
+    for a, b in zip(first_model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+    # A different seed, other initial weights or other data each train anew.
+    tr.train(make("transformer", cfg), cfg.replace(seed=7), train_ds, test_ds, tok, step_callback=count, cache=True)
+    tr.train(make("transformer", cfg, seed=1), cfg, train_ds, test_ds, tok, step_callback=count, cache=True)
+    tr.train(make("transformer", cfg), cfg, train_ds.subset(range(200)), test_ds, tok, step_callback=count,
+             cache=True)
+    assert steps == [1, 2, 3] * 4
+
+
+def test_cache_refuses_a_resumed_run(tmp_path, data, tok):
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(ValueError, match="cache=True trains from scratch"):
+        tr.train(make("lstm", cfg), cfg, *data, tok, resume_from=tmp_path / "x.pt", cache=True)
+
+
+def test_steps_per_epoch_is_what_train_takes(tmp_path, data):
+    train_ds, test_ds = data
+    for cap in (2, None):
+        cfg = tiny_cfg(tmp_path, max_steps_per_epoch=cap, epochs=2)
+        h = tr.train(make("lstm", cfg), cfg, train_ds, None, save=False)
+        assert h.steps == 2 * tr.steps_per_epoch(len(train_ds), cfg)
+    assert tr.steps_per_epoch(len(train_ds), tiny_cfg(tmp_path, max_steps_per_epoch=None)) == len(train_ds) // 8

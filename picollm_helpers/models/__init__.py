@@ -9,10 +9,13 @@ from .kgram import KGramMLPSeqModel, kgram_forward_loop
 from .lstm import LSTMSeqModel
 from .transformer import RMSNorm, TransformerModel
 
-KINDS = ("lstm", "kgram_mlp_seq", "transformer")
+# The model kinds by their pico-llm names, in the order pico-llm trains them. The CLI's --models
+# choices, build_model and the kind recorded in checkpoints all read this one table.
+MODELS = {"kgram_mlp_seq": KGramMLPSeqModel, "lstm": LSTMSeqModel, "transformer": TransformerModel}
+KINDS = tuple(MODELS)
 
 __all__ = ["LSTMSeqModel", "KGramMLPSeqModel", "TransformerModel", "RMSNorm", "build_model",
-           "param_count_formula", "kgram_forward_loop", "KINDS"]
+           "model_kind", "param_count_formula", "kgram_forward_loop", "MODELS", "KINDS"]
 
 
 def _model_kwargs(kind, cfg):
@@ -24,18 +27,21 @@ def _model_kwargs(kind, cfg):
         return dict(k=cfg.kgram_k, embed_size=cfg.embed_size, num_inner_layers=cfg.num_inner_mlp_layers,
                     chunk_size=cfg.kgram_chunk_size, input_mode=cfg.kgram_input)
     if kind == "transformer":
-        pos_emb = cfg.pos_emb or ("learned" if getattr(cfg, "use_position_emb", False) else "none")
         return dict(embed_size=cfg.embed_size, n_heads=cfg.n_heads, n_blocks=cfg.n_blocks,
-                    block_size=cfg.block_size, pos_emb=pos_emb, use_post_norm=cfg.use_post_norm,
+                    block_size=cfg.block_size, pos_emb=cfg.pos_emb, use_post_norm=cfg.use_post_norm,
                     dropout=cfg.dropout)
     raise ValueError(f"model kind {kind!r} is not known: use one of {', '.join(KINDS)}")
 
 
 def build_model(kind, cfg, vocab_size=50257):
     """kind: "lstm" | "kgram_mlp_seq" | "transformer" (pico-llm's names); cfg: a RunConfig."""
-    cls = {"lstm": LSTMSeqModel, "kgram_mlp_seq": KGramMLPSeqModel, "transformer": TransformerModel}
     kwargs = _model_kwargs(kind, cfg)
-    return cls[kind](vocab_size, **kwargs)
+    return MODELS[kind](vocab_size, **kwargs)
+
+
+def model_kind(model) -> str | None:
+    """The kind build_model takes for one of the kit's models, None for any other module."""
+    return next((kind for kind, cls in MODELS.items() if type(model) is cls), None)
 
 
 def param_count_formula(kind, cfg, vocab_size=50257):

@@ -1,0 +1,147 @@
+"""What one training run produced: `History`, and the run-log files it reads and writes.
+
+Each run folder `<cfg.output_dir>/<name>/` holds:
+
+  loss_logs.json        {"format": "picollm.loss_logs/1", "name", "kind", "config": {...RunConfig},
+                         "train": {"step": [1, 2, ...], "loss": [...]},          one entry per optimizer step
+                         "test":  {"epoch": [1, ...], "step": [...], "loss": [...]}, one per epoch, full test set
+                         "final_train_loss", "final_test_loss",
+                         "wall_time_s", "train_time_s", "tokens_seen", "tokens_per_second", "extra": {...}}
+  generation_logs.json  {"format": "picollm.generation_logs/1", "name", "prompt", "max_new_tokens",
+                         "epochs": [{"epoch": 1, "samples": {"greedy": "...", "top_p=0.2": "...", ...}}, ...]}
+
+(checkpoint.pt beside them is described in checkpoint.py.) Losses are mean cross-entropy in nats
+per non-padding target token; `tokens_per_second` counts non-padding tokens over the time spent in
+optimizer steps (evaluation and sampling excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write
+
+LOSS_LOGS_FORMAT = "picollm.loss_logs/1"
+GENERATION_LOGS_FORMAT = "picollm.generation_logs/1"
+
+
+@dataclass
+class History:
+    """What one training run produced. Plain data: it round-trips through JSON and checkpoints."""
+    name: str = ""
+    kind: str | None = None
+    config: dict = field(default_factory=dict)
+    train_loss: list = field(default_factory=list)   # [(global_step, loss)] one per optimizer step
+    test_loss: list = field(default_factory=list)    # [(epoch, global_step, loss)] one per epoch
+    generations: dict = field(default_factory=dict)  # {epoch: {"greedy": text, "top_p=0.2": text, ...}}
+    wall_time: float = 0.0                           # seconds, whole run including eval and sampling
+    train_time: float = 0.0                          # seconds spent in optimizer steps
+    tokens_seen: int = 0                             # non-padding target tokens trained on
+    extra: dict = field(default_factory=dict)        # lesson-specific records (step_callback results)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.train_time if self.train_time > 0 else 0.0
+
+    @property
+    def final_train_loss(self) -> float:
+        """Mean training loss over the last 10 steps (one step alone is noisy)."""
+        last = [loss for _, loss in self.train_loss[-10:]]
+        return sum(last) / len(last) if last else float("nan")
+
+    @property
+    def final_test_loss(self) -> float:
+        return self.test_loss[-1][2] if self.test_loss else float("nan")
+
+    @property
+    def steps(self) -> int:
+        return self.train_loss[-1][0] if self.train_loss else 0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "config": plain(self.config),
+                "train_loss": [[int(s), float(l)] for s, l in self.train_loss],
+                "test_loss": [[int(e), int(s), float(l)] for e, s, l in self.test_loss],
+                "generations": {str(e): dict(g) for e, g in self.generations.items()},
+                "wall_time": float(self.wall_time), "train_time": float(self.train_time),
+                "tokens_seen": int(self.tokens_seen), "extra": plain(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(name=d.get("name", ""), kind=d.get("kind"), config=dict(d.get("config", {})),
+                   train_loss=[(int(s), float(l)) for s, l in d.get("train_loss", [])],
+                   test_loss=[(int(e), int(s), float(l)) for e, s, l in d.get("test_loss", [])],
+                   generations={int(e): dict(g) for e, g in d.get("generations", {}).items()},
+                   wall_time=float(d.get("wall_time", 0.0)), train_time=float(d.get("train_time", 0.0)),
+                   tokens_seen=int(d.get("tokens_seen", 0)), extra=dict(d.get("extra", {})))
+
+    def loss_logs(self) -> dict:
+        """The loss_logs.json document (see the module docstring)."""
+        return {"format": LOSS_LOGS_FORMAT, "name": self.name, "kind": self.kind,
+                "config": plain(self.config),
+                "train": {"step": [int(s) for s, _ in self.train_loss],
+                          "loss": [float(l) for _, l in self.train_loss]},
+                "test": {"epoch": [int(e) for e, _, _ in self.test_loss],
+                         "step": [int(s) for _, s, _ in self.test_loss],
+                         "loss": [float(l) for _, _, l in self.test_loss]},
+                "final_train_loss": _json_float(self.final_train_loss),
+                "final_test_loss": _json_float(self.final_test_loss),
+                "wall_time_s": self.wall_time, "train_time_s": self.train_time,
+                "tokens_seen": self.tokens_seen, "tokens_per_second": self.tokens_per_second,
+                "extra": plain(self.extra)}
+
+    def generation_logs(self) -> dict:
+        """The generation_logs.json document (see the module docstring)."""
+        return {"format": GENERATION_LOGS_FORMAT, "name": self.name,
+                "prompt": self.config.get("prompt"), "max_new_tokens": self.config.get("max_new_tokens"),
+                "epochs": [{"epoch": e, "samples": dict(self.generations[e])}
+                           for e in sorted(self.generations)]}
+
+    def save(self, run_dir) -> None:
+        """Write loss_logs.json and generation_logs.json into run_dir (atomically)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for fname, doc in (("loss_logs.json", self.loss_logs()), ("generation_logs.json", self.generation_logs())):
+            with atomic_write(run_dir / fname, "w") as f:
+                json.dump(doc, f, indent=1, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, run_dir) -> "History":
+        """Read a run folder's loss_logs.json (and generation_logs.json if present)."""
+        run_dir = Path(run_dir)
+        path = run_dir / "loss_logs.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
+                                    f"(<output_dir>/<name>)")
+        logs = json.loads(path.read_text(encoding="utf-8"))
+        h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),
+                train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
+                test_loss=list(zip(logs["test"]["epoch"], logs["test"]["step"], logs["test"]["loss"])),
+                wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
+                tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
+        gen_path = run_dir / "generation_logs.json"
+        if gen_path.exists():
+            gens = json.loads(gen_path.read_text(encoding="utf-8"))
+            h.generations = {int(g["epoch"]): dict(g["samples"]) for g in gens.get("epochs", [])}
+        return h
+
+
+def _json_float(x: float):
+    return x if math.isfinite(x) else None
+
+
+def plain(obj):
+    """Tensors and tuples -> numbers and lists, so a record survives JSON and weights_only loads."""
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

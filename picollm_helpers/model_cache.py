@@ -1,0 +1,98 @@
+"""The trained-model cache: `train(..., cache=True)` reuses a model trained earlier on the same run.
+
+A lesson re-run from the top, or an explorer reopened, should not retrain a model it trained an
+hour ago. The cache key is a fingerprint of everything that decides the trained weights: the
+config (all of it but where logs go), the model's class, architecture and initial weights, the
+training and test token ids, and the tokenizer. Equal key, equal inputs: the checkpoint stored
+under that key is what training would produce again (up to the nondeterminism of the device's
+kernels), so loading it is honest. Any change, a different seed included, misses the cache.
+
+Entries are ordinary checkpoints (checkpoint.py) under `<cache dir>/models/`; `make clean-cache`
+removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import cache_dir
+from .history import History
+
+KEY_VERSION = 1  # bump when what goes into the key changes, so old entries are never matched
+
+
+def _update_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def _dataset_fingerprint(h, ds) -> None:
+    if ds is None:
+        h.update(b"none")
+        return
+    if all(hasattr(ds, a) for a in ("tokens", "starts", "lengths")):  # a TokenDataset: views of one tensor
+        for t in (ds.tokens, ds.starts, ds.lengths):
+            _update_tensor(h, t)
+        h.update(str(ds.pad_id).encode())
+        return
+    for example in ds:  # any list-like of token tensors
+        _update_tensor(h, torch.as_tensor(example))
+
+
+def cache_key(model: nn.Module, cfg, train_ds, test_ds, tokenizer, name: str) -> str:
+    """A hex digest of everything that decides what train() produces from this call."""
+    h = hashlib.blake2b(digest_size=16)
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+    h.update(json.dumps({"version": KEY_VERSION, "name": name, "config": settings,
+                         "class": f"{type(model).__module__}.{type(model).__qualname__}",
+                         "architecture": repr(model),
+                         "tokenizer": repr(getattr(tokenizer, "name", None)),
+                         "n_vocab": getattr(tokenizer, "n_vocab", None)}, sort_keys=True).encode())
+    for pname, p in model.state_dict().items():  # initial weights (and buffers)
+        h.update(pname.encode())
+        _update_tensor(h, p)
+    to_base = getattr(tokenizer, "to_base", None)
+    if to_base is not None:
+        _update_tensor(h, to_base)
+    _dataset_fingerprint(h, train_ds)
+    _dataset_fingerprint(h, test_ds)
+    return h.hexdigest()
+
+
+def entry_path(key: str, name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cache_dir() / "models" / f"{safe}-{key}.pt"
+
+
+def load(model: nn.Module, key: str, name: str) -> History | None:
+    """Load the cached weights for `key` into `model` and return their History, or None on a miss."""
+    path = entry_path(key, name)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = read_checkpoint(path)
+        model.load_state_dict(ckpt["model_state"])
+    except (OSError, RuntimeError, ValueError, KeyError) as e:  # a damaged entry is retrained
+        print(f"[{name}] the model cache entry {path} could not be read ({type(e).__name__}); training anew")
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    history = History.from_dict(ckpt["history"])
+    print(f"[{name}] loaded from the model cache: trained {when} with this exact config, data, initial "
+          f"weights and seed ({history.steps} steps, {history.wall_time:.0f} s then); "
+          f"train(..., cache=False) retrains")
+    return history
+
+
+def store(model: nn.Module, key: str, name: str, cfg, history: History, tokenizer, epoch: int,
+          global_step: int) -> Path:
+    """Keep the trained model under `key` (no optimizer state: a cached run is never resumed)."""
+    return save_checkpoint(entry_path(key, name), model, None, cfg, None, history, epoch=epoch,
+                           global_step=global_step, tokenizer=tokenizer)
