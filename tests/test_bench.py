@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from picollm_helpers import bench
+from picollm_helpers import bench, timing
+from picollm_helpers.bench import steps as bench_steps
 from picollm_helpers.config import RunConfig
 from picollm_helpers.models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel, param_count_formula
 
@@ -12,65 +13,65 @@ def test_flop_params_excludes_lookup_tables_and_counts_lm_head():
     E, L, H, T, V = 32, 2, 4, 16, 101
     model = TransformerModel(V, E, H, L, T, pos_emb="learned")
     # per block: qkv 3E^2, proj E^2, MLP 8E^2, two norms 2E; final norm E; lm_head E V
-    assert bench.flop_params(model) == L * (12 * E * E + 2 * E) + E + E * V
+    assert timing.flop_params(model) == L * (12 * E * E + 2 * E) + E + E * V
     cfg = RunConfig(tinystories_weight=1.0, embed_size=E, n_blocks=L, n_heads=H, block_size=T, pos_emb="learned")
-    assert bench.flop_params(model) == param_count_formula("transformer", cfg, V) - V * E - T * E
+    assert timing.flop_params(model) == param_count_formula("transformer", cfg, V) - V * E - T * E
     tied = TransformerModel(V, E, H, L, T, pos_emb="learned", tie_weights=True)
-    assert bench.flop_params(tied) == bench.flop_params(model)  # the shared matrix still multiplies
+    assert timing.flop_params(tied) == timing.flop_params(model)  # the shared matrix still multiplies
 
 
 def test_flop_params_of_lstm_and_kgram():
     V, E = 97, 16
     lstm = LSTMSeqModel(V, E)
-    assert bench.flop_params(lstm) == sum(p.numel() for p in lstm.parameters()) - V * E
+    assert timing.flop_params(lstm) == sum(p.numel() for p in lstm.parameters()) - V * E
     kgram = KGramMLPSeqModel(V, k=3, embed_size=E)
-    assert bench.flop_params(kgram) == (3 * E * E + E) + (E * E + E) + (E * V + V)
+    assert timing.flop_params(kgram) == (3 * E * E + E) + (E * E + E) + (E * V + V)
     onehot = KGramMLPSeqModel(V, k=3, embed_size=E, input_mode="onehot")  # its input layer is a matmul
-    assert bench.flop_params(onehot) == sum(p.numel() for p in onehot.parameters())
+    assert timing.flop_params(onehot) == sum(p.numel() for p in onehot.parameters())
 
 
 def test_train_flops_per_token_is_6n_plus_attention():
     E, L, H, T, V = 256, 4, 8, 256, 50257
     model = TransformerModel(V, E, H, L, T, pos_emb="learned")
     n = L * (12 * E * E + 2 * E) + E + E * V
-    assert bench.train_flops_per_token(model, T) == 6 * n + 12 * L * H * (E // H) * T
-    assert bench.attention_flops_per_token(L, H, E // H, T) == 12 * L * E * T
+    assert timing.train_flops_per_token(model, T) == 6 * n + 12 * L * H * (E // H) * T
+    assert timing.attention_flops_per_token(L, H, E // H, T) == 12 * L * E * T
     # The step: about 99.2 MFLOP per token, 203 GFLOP per step of 8 x 256 tokens.
-    assert bench.train_flops_per_token(model, T) * 8 * T == pytest.approx(203.2e9, rel=1e-3)
+    assert timing.train_flops_per_token(model, T) * 8 * T == pytest.approx(203.2e9, rel=1e-3)
     lstm = LSTMSeqModel(V, 128)
-    assert bench.train_flops_per_token(lstm, 32) == 6 * bench.flop_params(lstm)  # no attention term
+    assert timing.train_flops_per_token(lstm, 32) == 6 * timing.flop_params(lstm)  # no attention term
 
 
 def test_mfu_and_row_arithmetic():
-    assert bench.mfu(1e12, 2.0, 1e12) == 0.5
-    assert bench.matmul_flops(2048) == 2 * 2048 ** 3
-    row = bench.Row("x", seconds=0.5, tokens=2048, flops=100e9, peak=400e9, memory=3 * 2 ** 20)
+    assert timing.mfu(1e12, 2.0, 1e12) == 0.5
+    assert timing.matmul_flops(2048) == 2 * 2048 ** 3
+    row = bench_steps.Row("x", seconds=0.5, tokens=2048, flops=100e9, peak=400e9, memory=3 * 2 ** 20)
     assert row.tokens_per_s == 4096 and row.flops_per_s == 200e9 and row.mfu == 0.5
-    assert bench._mib(row.memory) == "3" and bench._mib(None) == "n/a"
+    assert bench_steps.format_mib(row.memory) == "3" and bench_steps.format_mib(None) == "n/a"
 
 
 def test_timeit_rounds_alternates_and_takes_medians():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times, mem = bench.timeit_rounds(fns, warmup=1, repeat=3)
+    times, mem = timing.timeit_rounds(fns, warmup=1, repeat=3)
     assert calls == ["a", "b"] * 4 and set(times) == {"a", "b"} and mem == {}
     assert all(t >= 0 for t in times.values())
 
 
 def test_peak_memory_sees_a_large_allocation():
     keep = []
-    grown = bench.peak_memory(lambda: keep.append(torch.ones(16 * 2 ** 20)))  # 64 MiB, touched
+    grown = timing.peak_memory(lambda: keep.append(torch.ones(16 * 2 ** 20)))  # 64 MiB, touched
     if grown is None:
         pytest.skip("no /proc peak-RSS counter here")
     assert grown >= 48 * 2 ** 20
     keep.clear()
-    assert bench.peak_memory(lambda: None) < 16 * 2 ** 20
+    assert timing.peak_memory(lambda: None) < 16 * 2 ** 20
 
 
 def test_peak_fns_do_the_work_they_count():
-    fn, flops = bench.peak_matmul_fn(torch.float32, "cpu", n=64)
+    fn, flops = timing.peak_matmul_fn(torch.float32, "cpu", n=64)
     assert flops == 2 * 64 ** 3 and fn().shape == (64, 64)
-    read, nbytes = bench.read_bandwidth_fn("cpu", nbytes=4 * 1024)
+    read, nbytes = timing.read_bandwidth_fn("cpu", nbytes=4 * 1024)
     assert nbytes == 4096 and read().item() == 1024
 
 
@@ -79,7 +80,7 @@ def test_kit_step_fn_takes_an_optimizer_step():
     model = TransformerModel(50, 16, 2, 1, 8)
     x, y = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
     before = [p.detach().clone() for p in model.parameters()]
-    step = bench.kit_step_fn(model, x, y, chunk=4)
+    step = bench_steps.kit_step_fn(model, x, y, chunk=4)
     first = step().item()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     for _ in range(20):
