@@ -126,10 +126,14 @@ class RunConfig:
     max_new_tokens: int = 20
     top_p_values: tuple[float, ...] = (0.2, 0.5, 0.75, 0.95, 1.0)
     # run
-    device_id: str = "cuda:0"
+    device_id: str = "auto"  # "auto": CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
     output_dir: str = "outputs"
     seed: int = 1337
     profile: str = "laptop"
+
+    # The report's values this run was scaled from (for_profile's keywords), for summary(); not a
+    # setting, so it takes no part in equality, to_dict() or checkpoints.
+    _report: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Normalise list-ish inputs so configs compare and serialise the same way.
@@ -193,7 +197,8 @@ class RunConfig:
             raise bad("learning_rate", "use a positive value such as 1e-3.")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.loss_chunk_size < 0:
             raise ValueError("weight_decay, warmup_steps, grad_clip and loss_chunk_size must be >= 0 "
-                             f"(got {self.weight_decay}, {self.warmup_steps}, {self.grad_clip}, {self.loss_chunk_size}).")
+                             f"(got {self.weight_decay}, {self.warmup_steps}, {self.grad_clip}, "
+                             f"{self.loss_chunk_size}).")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "use a value in [0, 1).")
         if self.max_new_tokens < 1:
@@ -225,7 +230,8 @@ class RunConfig:
             values[name] = cap if current is None else min(current, cap)
         values.update({"laptop": laptop, "smoke": smoke}.get(profile) or {})
         values["profile"] = profile
-        return cls(**values)
+        report = {**PROFILE_DEFAULTS["full"], **full}
+        return cls(**values, _report=report)
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with some fields changed, validated again."""
@@ -235,22 +241,41 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        del d["_report"]
         d["input_files"] = list(self.input_files)
         d["top_p_values"] = list(self.top_p_values)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"_report"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys are the pico-llm flags in RunConfig.")
         return cls(**d)
 
+    def report_config(self) -> "RunConfig":
+        """The report's own configuration this run was scaled from (for_profile's keywords, in
+        the full profile); for a config built directly, pico-llm's defaults."""
+        return RunConfig(**(self._report or {}), profile="full")
+
     def summary(self) -> str:
-        """A compact one-field-per-line view for a notebook's configuration cell."""
-        width = max(len(f.name) for f in dataclasses.fields(self))
-        return "\n".join(f"{name:<{width}} : {value}" for name, value in self.to_dict().items())
+        """What this run changes from the report's configuration, side by side, in a few lines.
+
+        The report's configuration is the one a lesson passed to for_profile (a config built
+        directly is compared with pico-llm's defaults). Fields equal to the report's are counted,
+        not listed; `print(cfg)` shows every field.
+        """
+        mine, report = self.to_dict(), self.report_config().to_dict()
+        changed = [k for k in mine if k != "profile" and mine[k] != report[k]]
+        lines = [f"profile {self.profile}: {len(changed)} of {len(mine) - 1} settings differ from the "
+                 f"report's configuration" + (":" if changed else ".")]
+        if changed:
+            width = max(len(k) for k in changed)
+            vwidth = max(len("report"), *(len(repr(report[k])) for k in changed))
+            lines.append(f"  {'setting':<{width}}  {'report':<{vwidth}}  this run")
+            lines += [f"  {k:<{width}}  {report[k]!r:<{vwidth}}  {mine[k]!r}" for k in changed]
+        return "\n".join(lines)
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -266,8 +291,12 @@ def resolve_precision(precision: str, device) -> str:
     return "fp32"
 
 
-def resolve_device(device_id: str = "cuda:0", verbose: bool = True):
-    """The torch device to use: `device_id` if available, else cuda, then mps, then cpu (printed)."""
+_DEVICE_NOTES: set = set()  # what resolve_device has already said in this process
+
+
+def resolve_device(device_id: str = "auto", verbose: bool = True):
+    """The torch device for `device_id`: "auto" is CUDA, then MPS, then the CPU; a device that is
+    not available falls back the same way. Which device was chosen is said once per process."""
     import torch
 
     wanted = str(device_id)
@@ -284,6 +313,13 @@ def resolve_device(device_id: str = "cuda:0", verbose: bool = True):
         device = torch.device("mps")
     else:
         device = torch.device("cpu")
-    if verbose and str(device) != wanted:
-        print(f"Device: {wanted} is not available here; using {device}.")
+    note = None
+    if wanted == "auto":
+        why = {"cuda": "the first CUDA GPU", "mps": "Apple MPS"}.get(device.type, "no CUDA or MPS device here")
+        note = f"Device: {device} (auto: {why})."
+    elif str(device) != wanted and not (wanted == "cuda" and str(device) == "cuda:0"):
+        note = f"Device: {wanted} is not available here; using {device}."
+    if verbose and note and note not in _DEVICE_NOTES:
+        _DEVICE_NOTES.add(note)
+        print(note)
     return device

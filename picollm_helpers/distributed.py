@@ -50,7 +50,7 @@ def info() -> DistInfo:
     return DistInfo()
 
 
-def setup(device_id: str = "cuda:0") -> tuple[DistInfo, torch.device | None]:
+def setup(device_id: str = "auto") -> tuple[DistInfo, torch.device | None]:
     """Join the process group if launched by torchrun; idempotent.
 
     Returns (info, device): device is this rank's device (cuda:LOCAL_RANK with NCCL, cpu with
@@ -59,7 +59,7 @@ def setup(device_id: str = "cuda:0") -> tuple[DistInfo, torch.device | None]:
     env = env_info()
     if not env.enabled:
         return env, None
-    use_cuda = torch.cuda.is_available() and str(device_id).startswith("cuda")
+    use_cuda = torch.cuda.is_available() and (str(device_id) == "auto" or str(device_id).startswith("cuda"))
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(env.local_rank)

@@ -82,7 +82,8 @@ def test_device_fallback_is_printed(capsys):
 def test_profiles_choose_compact_vocab_unless_told():
     assert RunConfig.for_profile("laptop", tinystories_weight=1.0).compact_vocab is True
     assert RunConfig.for_profile("full", tinystories_weight=1.0).compact_vocab is False
-    assert RunConfig.for_profile("laptop", laptop=dict(compact_vocab=False), tinystories_weight=1.0).compact_vocab is False
+    cfg = RunConfig.for_profile("laptop", laptop=dict(compact_vocab=False), tinystories_weight=1.0)
+    assert cfg.compact_vocab is False
     assert RunConfig(tinystories_weight=1.0).compact_vocab is False
 
 
@@ -97,3 +98,33 @@ def test_full_profile_trains_in_auto_precision_with_compile(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda:0")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", torch.device("cuda:0")) == "fp32"
+
+
+def test_summary_lists_only_what_differs_from_the_report_side_by_side():
+    cfg = RunConfig.for_profile("laptop", tinystories_weight=1.0, epochs=10, block_size=512, embed_size=512,
+                                max_steps_per_epoch=750, laptop=dict(max_steps_per_epoch=75))
+    lines = cfg.summary().splitlines()
+    assert lines[0].startswith("profile laptop: ")
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["block_size"] == ["512", "128"] and rows["max_steps_per_epoch"] == ["750", "75"]
+    assert "tinystories_weight" not in rows and "epochs" not in rows   # as the report: not listed
+    n_diff = int(lines[0].split(": ")[1].split()[0])
+    assert n_diff == len(rows) == sum(getattr(cfg, k) != getattr(cfg.report_config(), k) for k in rows)
+    # Equality, to_dict and checkpoints ignore where a config came from.
+    assert cfg == RunConfig.from_dict(cfg.to_dict()) and "_report" not in cfg.to_dict()
+    full = RunConfig.for_profile("full", tinystories_weight=1.0, epochs=10)
+    assert full.summary() == "profile full: 0 of 38 settings differ from the report's configuration."
+
+
+def test_auto_device_is_said_once_per_process(capsys, monkeypatch):
+    from picollm_helpers import config
+    monkeypatch.setattr(config, "_DEVICE_NOTES", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert RunConfig().device_id == "auto"
+    for _ in range(3):
+        assert config.resolve_device("auto") == torch.device("cpu")
+        assert config.resolve_device("cuda:0") == torch.device("cpu")
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["Device: cpu (auto: no CUDA or MPS device here).",
+                   "Device: cuda:0 is not available here; using cpu."]
