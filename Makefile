@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-notebooks test-browser lab bench report clean-cache
+.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report clean-cache
 
 setup: $(STAMP)
 
@@ -32,7 +32,11 @@ run: $(STAMP)
 			--ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
 	done
 
-test: test-unit test-notebooks
+test: lint test-unit test-notebooks
+
+# ruff, configured in pyproject.toml: unused or undefined names, style errors, import order
+lint: $(STAMP)
+	$(VENV)/bin/ruff check picollm_helpers tests tests_browser
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests

@@ -28,7 +28,6 @@ from .data import cache_key, load_text_files, load_tinystories, load_wiki
 from .files import write_bytes
 from .tokenizer import EOT_ID, CompactTokenizer
 
-
 # ----------------------------------------------------------------------------------------------
 # Tokenization, cached on disk
 

@@ -208,7 +208,7 @@ def _run(cfg: RunConfig, kinds, resume: bool, dist) -> None:
                         resume_from=ckpt if resume and ckpt.exists() else None)
         histories[kind] = history
         if dist.is_main:
-            from .plots import plot_history   # matplotlib and seaborn load in rank 0 only
+            from .plots import plot_history  # matplotlib and seaborn load in rank 0 only
             _print_samples(kind, history, cfg.prompt)
             plot_history(history, path=out / kind / "loss.png")
             if kind == "transformer":

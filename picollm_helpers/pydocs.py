@@ -72,7 +72,6 @@ def python_docs_lines() -> list[str]:
     import inspect
     import io
     import warnings
-
     from pydoc_data.topics import topics
 
     lines: list[str] = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import os
 import socket
 import subprocess
 import sys
@@ -96,7 +95,8 @@ def ensure_ranks(verbose: bool = True) -> Path:
     path = ranks_path()
     if path.exists() and _sha256(path.read_bytes()) == GPT2_RANKS_SHA256:
         return path
-    for source, fetch in (("tiktoken's download", _ranks_from_tiktoken), (f"PyPI ({WHISPER_SDIST} sdist)", _ranks_from_pypi)):
+    sources = (("tiktoken's download", _ranks_from_tiktoken), (f"PyPI ({WHISPER_SDIST} sdist)", _ranks_from_pypi))
+    for source, fetch in sources:
         data = fetch()
         if data is not None and _sha256(data) == GPT2_RANKS_SHA256:
             _write_ranks(data)

@@ -7,24 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picollm_helpers import batching, data, seqs
+from picollm_helpers import batching, seqs
 from picollm_helpers.config import IGNORE_INDEX, RunConfig, cache_dir
-from picollm_helpers.tokenizer import EOT_ID, CompactTokenizer, get_tokenizer
+from picollm_helpers.tokenizer import EOT_ID, CompactTokenizer
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer()  # before the per-test cache folder is set: the ranks come from the real cache
+def tok(gpt2):
+    return gpt2
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test: its own empty cache, and no network (the hub counts as offline)."""
-    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PICOLLM_TINYSTORIES", raising=False)
-    monkeypatch.delenv("PICOLLM_WIKI", raising=False)
-    monkeypatch.setattr(data, "_hub_probe", None)
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 class CountingTokenizer:
@@ -170,7 +163,8 @@ def test_tokenization_is_cached(tmp_path, tok):
     assert cached.batch_calls == 0
     assert [t.tolist() for t in train2] == [t.tolist() for t in train]
     # another block size reuses the same cache
-    batching.make_datasets(cfg(input_files=[str(f)], tinystories_weight=0.5, num_tinystories=300, block_size=64), cached)
+    mixed = cfg(input_files=[str(f)], tinystories_weight=0.5, num_tinystories=300, block_size=64)
+    batching.make_datasets(mixed, cached)
     assert cached.batch_calls == 0
 
 

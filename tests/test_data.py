@@ -10,7 +10,6 @@ import pytest
 
 from picollm_helpers import data, seqs, stories
 from picollm_helpers.config import cache_dir, repo_root
-from picollm_helpers.tokenizer import get_tokenizer
 
 STORIES = ["Once upon a time, there was a cat.\nIt was happy.",
            "Tom had a red ball. He liked it.",
@@ -18,18 +17,11 @@ STORIES = ["Once upon a time, there was a cat.\nIt was happy.",
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer()  # before the per-test cache folder is set: the ranks come from the real cache
+def tok(gpt2):
+    return gpt2
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test: its own empty cache, and no network (the hub counts as offline)."""
-    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PICOLLM_TINYSTORIES", raising=False)
-    monkeypatch.delenv("PICOLLM_WIKI", raising=False)
-    monkeypatch.setattr(data, "_hub_probe", None)
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 # ---------------------------------------------------------------------------------------------- 3seqs

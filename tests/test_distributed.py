@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_cli import course_dir, offline_env, run_in_process
 
 ARGS = ["--models", "transformer", "--device_id", "cpu", "--tinystories_weight", "0.0",

@@ -7,8 +7,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from picollm_helpers import run_with_cache, run_with_hooks
-from picollm_helpers.interp import (ablate_head, attention_patterns, head_scores, hook_names, induction_scores,
-                                    pattern_scores, top_attended, top_heads)
+from picollm_helpers.interp import (
+    ablate_head,
+    attention_patterns,
+    head_scores,
+    hook_names,
+    induction_scores,
+    pattern_scores,
+    top_attended,
+    top_heads,
+)
 from picollm_helpers.models import TransformerModel
 from picollm_helpers.models.transformer import HookPoint
 

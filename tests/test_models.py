@@ -5,10 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picollm_helpers.models import (KGramMLPSeqModel, LSTMSeqModel, RMSNorm, TransformerModel,
-                                    build_model, kgram_forward_loop, param_count_formula)
-from picollm_helpers.models.transformer import (CausalSelfAttention, HookPoint, KVCache, apply_rope,
-                                                rope_cos_sin, sinusoidal_embedding)
+from picollm_helpers.models import (
+    KGramMLPSeqModel,
+    LSTMSeqModel,
+    RMSNorm,
+    TransformerModel,
+    build_model,
+    kgram_forward_loop,
+    param_count_formula,
+)
+from picollm_helpers.models.transformer import (
+    CausalSelfAttention,
+    HookPoint,
+    KVCache,
+    apply_rope,
+    rope_cos_sin,
+    sinusoidal_embedding,
+)
 from picollm_helpers.sampling import generate
 
 V = 37
@@ -221,13 +234,13 @@ def reference_transformer(m, idx):
     x = m.wte.weight[idx] + m.wpe.weight[:T]
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     for blk in m.blocks:
-        def attn(h):
+        def attn(h, blk=blk):
             q, k, v = (h @ blk.attn.qkv.weight.T).chunk(3, dim=-1)
             q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in (q, k, v))
             w = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(future, float("-inf")).softmax(-1)
             return (w @ v).transpose(1, 2).reshape(B, T, H * hd) @ blk.attn.proj.weight.T
 
-        def mlp(h):
+        def mlp(h, blk=blk):
             return F.gelu(h @ blk.mlp.fc.weight.T) @ blk.mlp.proj.weight.T
 
         if m.use_post_norm:

@@ -1,26 +1,76 @@
 """environment.yml and pyproject.toml must list the same packages."""
+import ast
 import re
-import tomllib
+import sys
+from pathlib import Path
 
 import yaml
-from pathlib import Path
+from packaging.markers import Marker
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 
 
 def _name(spec: str) -> str:
-    return re.split(r"[<>=!~ \[]", spec.strip(), maxsplit=1)[0].lower()
+    return re.split(r"[<>=!~ \[;]", spec.strip(), maxsplit=1)[0].lower()
+
+
+def _applies_to_conda(spec: str) -> bool:
+    """environment.yml pins Python 3.11: a requirement whose marker excludes it is not listed there."""
+    _, _, marker = spec.partition(";")
+    return not marker.strip() or Marker(marker).evaluate({"python_version": "3.11", "python_full_version": "3.11.0"})
 
 
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_names = {_name(s) for s in project["dependencies"]}
-    pip_names |= {_name(s) for s in project["optional-dependencies"]["dev"]}
+    specs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    pip_names = {_name(s) for s in specs if _applies_to_conda(s)}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [dep for dep in env["dependencies"] if isinstance(dep, str)]
     conda_names = {CONDA_NAMES.get(_name(s), _name(s)) for s in conda} - {"python", "pip"}
     assert conda_names == pip_names
+
+
+# import name -> distribution name, where they differ
+IMPORT_NAMES = {"yaml": "pyyaml", "IPython": "ipython", "picollm_helpers": "picollm-helpers"}
+
+
+def _imported_top_level_names(code: str, notebook: bool = False) -> set[str]:
+    if notebook:  # IPython magics and shell escapes are not Python
+        code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_package_the_kit_imports_is_declared():
+    import json
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    declared.add(project["name"])
+    names = set()
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        for cell in cells:
+            if cell["cell_type"] == "code":
+                names |= _imported_top_level_names("".join(cell["source"]), notebook=True)
+    for py in [*(ROOT / "picollm_helpers").rglob("*.py"), *(ROOT / "tests").glob("*.py"),
+               *(ROOT / "tests_browser").glob("*.py")]:
+        names |= _imported_top_level_names(py.read_text(encoding="utf-8"))
+    local = {p.stem for p in (ROOT / "tests").glob("*.py")} | {p.stem for p in (ROOT / "tests_browser").glob("*.py")}
+    third_party = {n for n in names if n not in sys.stdlib_module_names and n not in local}
+    missing = sorted(n for n in third_party if IMPORT_NAMES.get(n, n).lower() not in declared)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 
 def test_public_names_resolve_lazily():
@@ -28,3 +78,55 @@ def test_public_names_resolve_lazily():
 
     assert "RunConfig" in picollm_helpers.__all__
     assert picollm_helpers.RunConfig.__name__ == "RunConfig"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """{module: modules of the package it imports}, counting imports inside functions too."""
+    pkg = ROOT / "picollm_helpers"
+    graph = {}
+    for py in pkg.rglob("*.py"):
+        parts = list(py.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        name = ".".join(parts)
+        deps = set()
+        for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = parts if is_pkg else parts[:-1]
+                    base = base[:len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:  # `from . import data` imports a module
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if (ROOT / Path(*sub.split("."))).with_suffix(".py").exists()
+                             or (ROOT / Path(*sub.split("."))).is_dir() else target)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d.startswith("picollm_helpers") and d != name}
+    return graph
+
+
+def test_the_package_imports_one_way():
+    graph = _package_imports()
+    parents = lambda m: {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)}
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            if d in parents(m):
+                continue  # a submodule may use its own package's names
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)

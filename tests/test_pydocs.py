@@ -6,14 +6,7 @@ import pytest
 
 from picollm_helpers import data, pydocs
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test: its own empty cache, and no network (the hub counts as offline)."""
-    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PICOLLM_WIKI", raising=False)
-    monkeypatch.setattr(data, "_hub_probe", None)
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def test_wiki_offline_fallback_is_real_english(capsys, monkeypatch):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 TOP_P_NOTEBOOK = "notebooks/03_top_p_sampling.ipynb"
@@ -111,7 +109,8 @@ def test_top_p_explorer_in_jupyterlab(lab):
         handle.focus()
         page.keyboard.press(key)
         try:  # the readout moves at once, in the browser; the redraw comes from the kernel
-            lab.wait_until(lambda: slider.locator(".widget-readout").inner_text().strip() != before["readout"],
+            lab.wait_until(lambda before=before: slider.locator(".widget-readout").inner_text().strip()
+                           != before["readout"],
                            5, f"the readout to move on {key}")
         except AssertionError:  # Home or End where the slider already was
             assert key in ("Home", "End"), f"{key} did not move the top-p slider from {before['readout']}"
