@@ -24,9 +24,15 @@ positions and prompts:
 - induction:      on a random token sequence repeated twice, mean A[q, q - n + 1] over the second
                   copy: the query attends to the token that FOLLOWED its previous occurrence, the
                   signature of an induction head (Olsson et al., 2022).
+- duplicate_token: the attention a query puts on earlier occurrences of its own token, summed,
+                  averaged over the queries that have one (head_scores measures it on the same
+                  repeated random sequences as induction; `duplicate_token_scores` on any text).
 
 Query position 0 can only attend to itself, so it is left out of every average.
-Patterns come from `attention_patterns(model, idx)`, named like "blocks.3.attn".
+Patterns come from `attention_patterns(model, idx)`, named like "blocks.3.attn". The scores are
+functions of patterns, so they can be checked on hand-made ones (an exact previous-token pattern
+scores 1; uniform attention scores what `uniform_pattern` gives), and `per_prompt=True` keeps one
+score per sequence, (B, L, H), for the prompt-to-prompt spread.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import torch
 
 from .models.transformer import HookPoint
 
-SCORES = ("previous_token", "first_token", "self", "entropy", "induction")
+SCORES = ("previous_token", "first_token", "self", "entropy", "induction", "duplicate_token")
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
@@ -192,8 +198,21 @@ def _stack(attn: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([attn[name].float().cpu() for name in names])
 
 
-def pattern_scores(attn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """previous_token, first_token, self and entropy scores, each (L, H), from a patterns dict."""
+def uniform_pattern(T: int) -> torch.Tensor:
+    """(T, T): every query spreads its attention evenly over the keys it may see (k <= q), the
+    baseline of a head that prefers nothing."""
+    u = torch.tril(torch.ones(T, T))
+    return u / u.sum(-1, keepdim=True)
+
+
+def _mean(x: torch.Tensor, per_prompt: bool) -> torch.Tensor:
+    """x (L, B, H, Q) -> (L, H) averaged over prompts and queries, or (B, L, H) per prompt."""
+    return x.mean(dim=3).permute(1, 0, 2) if per_prompt else x.mean(dim=(1, 3))
+
+
+def pattern_scores(attn: dict[str, torch.Tensor], *, per_prompt: bool = False) -> dict[str, torch.Tensor]:
+    """previous_token, first_token, self and entropy scores, each (L, H) ((B, L, H) with per_prompt),
+    from a patterns dict."""
     a = _stack(attn)  # (L, B, H, T, T)
     T = a.size(-1)
     if T < 2:
@@ -202,48 +221,94 @@ def pattern_scores(attn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     rows = a[..., 1:, :]  # (L, B, H, T-1, T)
     entropy = -(rows * rows.clamp_min(1e-12).log()).sum(-1)  # (L, B, H, T-1)
     return {
-        "previous_token": a[..., q, q - 1].mean(dim=(1, 3)),
-        "first_token": a[..., q, 0].mean(dim=(1, 3)),
-        "self": a[..., q, q].mean(dim=(1, 3)),
-        "entropy": entropy.mean(dim=(1, 3)),
+        "previous_token": _mean(a[..., q, q - 1], per_prompt),
+        "first_token": _mean(a[..., q, 0], per_prompt),
+        "self": _mean(a[..., q, q], per_prompt),
+        "entropy": _mean(entropy, per_prompt),
     }
 
 
-@torch.no_grad()
-def induction_scores(model, token_pool: torch.Tensor, *, seq_len: int | None = None,
-                     batch: int = 8, seed: int = 0) -> torch.Tensor:
-    """(L, H) induction scores on `batch` random sequences of `seq_len` ids from token_pool, repeated.
+def duplicate_token_scores(attn: dict[str, torch.Tensor], idx: torch.Tensor, *,
+                           per_prompt: bool = False) -> torch.Tensor:
+    """(L, H) ((B, L, H) with per_prompt): attention from a token to the EARLIER occurrences of the
+    same token id, summed over them, averaged over the queries that have at least one.
 
-    The first copy is unpredictable, so a head can only find the right key in the second copy by
-    matching the current token with its earlier occurrence and moving one position on.
+    idx: the (B, T) ids the patterns were computed on. A duplicate-token head is the step before
+    induction that looks back at "where did I see this token before" (it attends to the earlier
+    copy itself, not to its successor). NaN where no query of a prompt has an earlier duplicate.
     """
+    a = _stack(attn)  # (L, B, H, T, T)
+    idx = torch.as_tensor(idx).cpu()
+    if idx.dim() == 1:
+        idx = idx[None]
+    T = a.size(-1)
+    earlier = torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1)  # k < q
+    dup = (idx[:, :, None] == idx[:, None, :]) & earlier  # (B, Tq, Tk)
+    has = dup.any(-1).float()  # (B, T) queries with an earlier duplicate
+    mass = (a * dup[None, :, None].float()).sum(-1)  # (L, B, H, T)
+    if per_prompt:
+        return ((mass * has[None, :, None]).sum(-1) / has.sum(-1)[None, :, None]).permute(1, 0, 2)
+    return (mass * has[None, :, None]).sum(dim=(1, 3)) / has.sum()
+
+
+def repeated_tokens(token_pool: torch.Tensor, seq_len: int, batch: int = 8, seed: int = 0) -> torch.Tensor:
+    """(batch, 2 * seq_len) ids: `batch` random sequences of seq_len ids from token_pool, each
+    followed by a copy of itself (the induction test's input; seeded, so every model sees the same)."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.as_tensor(token_pool).unique()
+    first = pool[torch.randint(len(pool), (batch, seq_len), generator=gen)]  # (batch, n)
+    return torch.cat([first, first], dim=1)  # (batch, 2n)
+
+
+def induction_from_patterns(attn: dict[str, torch.Tensor], seq_len: int, *,
+                            per_prompt: bool = False) -> torch.Tensor:
+    """(L, H) ((B, L, H)) induction scores from patterns on sequences of seq_len ids shown twice:
+    the mean of A[q, q - seq_len + 1] over the queries q of the second copy."""
+    a = _stack(attn)  # (L, B, H, 2n, 2n)
+    if a.size(-1) != 2 * seq_len:
+        raise ValueError(f"patterns of {a.size(-1)} positions are not a sequence of seq_len={seq_len} shown twice")
+    q = torch.arange(seq_len, 2 * seq_len)  # queries in the second copy
+    return _mean(a[..., q, q - seq_len + 1], per_prompt)
+
+
+def _induction_len(model, seq_len):
     block_size = getattr(model, "block_size", 64)
     seq_len = seq_len or max(2, min(32, block_size // 2))
     if 2 * seq_len > block_size:
         raise ValueError(f"seq_len={seq_len} repeated twice exceeds block_size={block_size}; "
                          f"use seq_len <= {block_size // 2}.")
-    gen = torch.Generator().manual_seed(seed)
-    pool = torch.as_tensor(token_pool).unique()
-    first = pool[torch.randint(len(pool), (batch, seq_len), generator=gen)]  # (batch, n)
-    idx = torch.cat([first, first], dim=1)  # (batch, 2n)
-    a = _stack(attention_patterns(model, idx))  # (L, batch, H, 2n, 2n)
-    q = torch.arange(seq_len, 2 * seq_len)  # queries in the second copy
-    return a[..., q, q - seq_len + 1].mean(dim=(1, 3))
+    return seq_len
+
+
+@torch.no_grad()
+def induction_scores(model, token_pool: torch.Tensor, *, seq_len: int | None = None,
+                     batch: int = 8, seed: int = 0, per_prompt: bool = False) -> torch.Tensor:
+    """(L, H) induction scores on `batch` random sequences of `seq_len` ids from token_pool, repeated.
+
+    The first copy is unpredictable, so a head can only find the right key in the second copy by
+    matching the current token with its earlier occurrence and moving one position on.
+    """
+    seq_len = _induction_len(model, seq_len)
+    idx = repeated_tokens(token_pool, seq_len, batch, seed)
+    return induction_from_patterns(attention_patterns(model, idx), seq_len, per_prompt=per_prompt)
 
 
 def head_scores(model, idx: torch.Tensor, *, token_pool: torch.Tensor | None = None,
-                induction_len: int | None = None, induction_batch: int = 8, seed: int = 0
-                ) -> dict[str, torch.Tensor]:
-    """Every score of SCORES for every head: {score: (L, H) tensor}.
+                induction_len: int | None = None, induction_batch: int = 8, seed: int = 0,
+                per_prompt: bool = False) -> dict[str, torch.Tensor]:
+    """Every score of SCORES for every head: {score: (L, H) tensor} ((B, L, H) with per_prompt).
 
     idx: (B, T) or (T,) prompt ids for the pattern scores. token_pool: ids to draw the induction
     sequences from (default: the prompt's own ids; pass ids common in the training data for a
-    fairer test).
+    fairer test). induction and duplicate_token are measured on those repeated random sequences.
     """
-    scores = pattern_scores(attention_patterns(model, idx))
+    scores = pattern_scores(attention_patterns(model, idx), per_prompt=per_prompt)
     pool = token_pool if token_pool is not None else torch.as_tensor(idx).flatten()
-    scores["induction"] = induction_scores(model, pool, seq_len=induction_len,
-                                           batch=induction_batch, seed=seed)
+    n = _induction_len(model, induction_len)
+    rep = repeated_tokens(pool, n, induction_batch, seed)
+    rep_attn = attention_patterns(model, rep)
+    scores["induction"] = induction_from_patterns(rep_attn, n, per_prompt=per_prompt)
+    scores["duplicate_token"] = duplicate_token_scores(rep_attn, rep, per_prompt=per_prompt)
     return scores
 
 

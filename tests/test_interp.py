@@ -10,12 +10,16 @@ from picollm_helpers import run_with_cache, run_with_hooks
 from picollm_helpers.interp import (
     ablate_head,
     attention_patterns,
+    duplicate_token_scores,
     head_scores,
     hook_names,
+    induction_from_patterns,
     induction_scores,
     pattern_scores,
+    repeated_tokens,
     top_attended,
     top_heads,
+    uniform_pattern,
 )
 from picollm_helpers.models import TransformerModel
 from picollm_helpers.models.transformer import HookPoint
@@ -82,8 +86,52 @@ def test_induction_score_separates_an_induction_head():
     assert scores.shape == (1, 2)
     assert scores[0, 0] == 1.0 and scores[0, 1] < 0.01
     full = head_scores(model, torch.tensor([[1, 2, 3, 1, 2, 3]]), token_pool=torch.arange(1000))
-    assert set(full) == {"previous_token", "first_token", "self", "entropy", "induction"}
+    assert set(full) == {"previous_token", "first_token", "self", "entropy", "induction", "duplicate_token"}
     assert full["previous_token"][0, 1] == 1.0
+    # The induction head reads the token AFTER the earlier copy, not the copy: no duplicate-token score.
+    assert full["duplicate_token"][0, 0] < 0.05
+    per = head_scores(model, torch.tensor([[1, 2, 3, 1, 2, 3]] * 3), token_pool=torch.arange(1000),
+                      induction_batch=5, per_prompt=True)
+    assert per["induction"].shape == (5, 1, 2) and per["previous_token"].shape == (3, 1, 2)
+    torch.testing.assert_close(per["induction"].mean(0), induction_scores(model, torch.arange(1000), batch=5))
+
+
+def test_duplicate_token_score_on_hand_made_heads():
+    idx = torch.tensor([[5, 7, 5, 9, 7, 7]])  # queries 2, 4, 5 have earlier copies of their token
+    T = idx.size(1)
+    dup = torch.zeros(T, T)
+    dup[0, 0] = dup[1, 1] = dup[3, 3] = 1.0  # no earlier copy: attend to itself
+    dup[2, 0] = 1.0
+    dup[4, 1] = 1.0
+    dup[5, 1] = dup[5, 4] = 0.5  # two earlier 7s share the attention
+    prev = _one_hot_rows([0] + list(range(T - 1)), T)
+    attn = {"blocks.0.attn": torch.stack([dup, prev, uniform_pattern(T)])[None]}  # (1, 3, T, T)
+    s = duplicate_token_scores(attn, idx)
+    assert s.shape == (1, 3)
+    assert s[0, 0] == 1.0
+    assert s[0, 1] == pytest.approx(1 / 3)  # the previous-token head lands on a copy only at query 5
+    # uniform: query 2 gives 1/3 to its one copy, query 4 1/5, query 5 2/6
+    assert s[0, 2] == pytest.approx((1 / 3 + 1 / 5 + 2 / 6) / 3)
+    assert torch.isnan(duplicate_token_scores(attn, torch.tensor([[1, 2, 3, 4, 5, 6]]))).all()
+
+
+def test_scores_of_exact_and_uniform_patterns_on_repeated_tokens():
+    n = 8
+    idx = repeated_tokens(torch.arange(1000), n, batch=2, seed=3)
+    assert idx.shape == (2, 2 * n) and torch.equal(idx[:, :n], idx[:, n:])
+    assert torch.equal(idx, repeated_tokens(torch.arange(1000), n, batch=2, seed=3))  # seeded
+    T = 2 * n
+    ind = torch.zeros(T, T)
+    ind[:n] = torch.eye(T)[:n]
+    ind[torch.arange(n, T), torch.arange(1, n + 1)] = 1.0  # q reads the token after its earlier copy
+    u = uniform_pattern(T)
+    attn = {"blocks.0.attn": torch.stack([ind, u])[None].expand(2, 2, T, T)}
+    s = induction_from_patterns(attn, n)
+    assert s[0, 0] == 1.0
+    assert s[0, 1] == pytest.approx(float((1 / torch.arange(n + 1, T + 1)).mean()))
+    assert induction_from_patterns(attn, n, per_prompt=True).shape == (2, 1, 2)
+    with pytest.raises(ValueError, match="seq_len"):
+        induction_from_patterns(attn, n + 1)
 
 
 def test_top_attended_lists_each_query():
