@@ -1,8 +1,26 @@
 """picollm_helpers: the small shared library behind the pico-llm course notebooks.
 
-Each concern lives in one module with the same name: `config`, `tokenizer`, `data`, `models/`,
-`sampling`, `training`, `plots`, `widgets`, `interp`, `cli`, `bench`. The names below are the ones
-the lessons use; they are imported on first use, so `import picollm_helpers` stays quick.
+Each concern lives in one module named for it, and imports go one way (a test checks it):
+
+  config       RunConfig (every knob, validated), profiles, the device
+  files        atomic_write: every file the kit writes
+  tokenizer    GPT-2 BPE (offline-capable), the compact vocabulary
+  stories, seqs          the synthetic story corpus and the 3seqs data, generated
+  data, pydocs           corpora and their loaders; the offline Python-docs stand-in for WikiText
+  batching     tokenized datasets, splitting, mixing, batches
+  models/      lstm, kgram, transformer (with hook points), and the MODELS registry
+  loss         the LM loss: the fused chunked output layer beside the plain reference
+  history, checkpoint, model_cache   run logs; checkpoints; train(cache=True)
+  training     train(), evaluate(), the data order and schedule
+  sampling     top_p_filter, generate (KV cache)
+  plots, progress, widgets   figures; progress bars; the notebook explorers
+  interp       run_with_cache / run_with_hooks, head scores, ablation
+  results      each lesson's claims and verdicts (make report)
+  timing, bench/         timing helpers; the benchmark (python -m picollm_helpers.bench)
+  cli, distributed       python -m picollm_helpers; torchrun
+
+The names below are the ones the lessons use; they are imported on first use, so
+`import picollm_helpers` stays quick.
 """
 
 from __future__ import annotations

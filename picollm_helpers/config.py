@@ -42,12 +42,12 @@ PROFILE_CAPS: dict[str, dict[str, int]] = {
 # `python -m picollm_helpers.bench` measured for that profile's machine:
 # - laptop (a 2-core CPU): train over only the token ids the corpus uses (tokenizer.CompactTokenizer;
 #   the output layer gets ~10-20x cheaper), and compute the output layer and its loss 512 rows at a
-#   time, fused with their gradient (training._FusedLinearCE: same loss and gradients, a fraction
+#   time, fused with their gradient (loss.FusedLinearCE: same loss and gradients, a fraction
 #   of the memory). fp32: that CPU has no fast bf16 matmul. No torch.compile: compiling costs more
 #   per run than it saves in a laptop run.
 # - full (one GPU): the report's 50257-way softmax with full logits (the fused loss is slower on a
 #   GPU), bf16 autocast where the device has fast bf16 matmuls (precision="auto") and torch.compile:
-#   together 3.5-6.4x fp32 eager on an H200 (three runs).
+#   together several times faster than fp32 eager on an H200 (README, Speed).
 PROFILE_DEFAULTS: dict[str, dict] = {
     "smoke": dict(compact_vocab=True),
     "laptop": dict(compact_vocab=True, loss_chunk_size=512),

@@ -31,7 +31,7 @@ from .steps import format_mib, kit_step_fn, measure_steps, print_rows
 
 # The `speed` cases
 
-# The issue's transformer, the report's Q1/Q2 LSTM and k-gram MLP settings.
+# A GPT-2-small-like transformer step, and the report's Q1/Q2 LSTM and k-gram MLP settings.
 GPT = dict(E=256, L=4, H=8, T=256, B=8, V=50257)
 SMALL = dict(B=16, T=32, E=128, V=50257, k=3)
 LAPTOP = dict(E=128, L=4, H=4, T=128, B=16)   # PROFILE_CAPS["laptop"] with batch_size 16
@@ -115,12 +115,12 @@ def _first_compiled_step(step, device):
 
 
 def bench_gpt_step(results, compile=True):
-    """The issue's transformer training step, in every setting that keeps the task the same."""
+    """The GPT-shaped transformer training step, in every setting that keeps the task the same."""
     device = _device(results)
     g = GPT
     x, y = _tokens(g["B"], g["T"], g["V"], device)
     precisions = ["fp32"] + (["bf16"] if results.get("bf16_fast") else [])
-    settings = [("fp32, full logits, multi-tensor AdamW (the kit before)", dict(chunk=0, fused_adamw=False)),
+    settings = [("fp32, full logits, multi-tensor AdamW (plain PyTorch)", dict(chunk=0, fused_adamw=False)),
                 ("fp32, full logits, fused AdamW", dict(chunk=0))]
     settings += [(f"fp32, fused loss chunk={CHUNK}, fused AdamW", dict(chunk=CHUNK))]
     if "bf16" in precisions:
@@ -337,7 +337,7 @@ def recommend(results):
 
 
 def print_targets(results):
-    """The issue's targets, as ratios measured above."""
+    """The kit's speed goals, as ratios measured above: MET or MISS on this machine."""
     lines = []
 
     def check(name, value, target, ok, unit="x"):
@@ -352,7 +352,7 @@ def print_targets(results):
             r = fused.memory / base.memory
             check("peak memory of that step / full-logits step", r, "<= 0.5", r <= 0.5)
         r = best.tokens_per_s / base.tokens_per_s
-        check(f"best setting ({best.label}) / fp32 full logits, multi-tensor AdamW (the kit before), tok/s",
+        check(f"best setting ({best.label}) / fp32 full logits, multi-tensor AdamW (plain PyTorch), tok/s",
               r, ">= 1.5", r >= 1.5)
         same_opt = results["gpt_plain_fused_adamw"]
         r = best.tokens_per_s / same_opt.tokens_per_s
@@ -368,7 +368,7 @@ def print_targets(results):
         r = results["decode_ratio"]
         check("greedy KV-cache generation, time per token / time to read the weights", r, "<= 1.5", r <= 1.5)
     if lines:
-        print("ratios against the targets:")
+        print("ratios against the speed goals:")
         print("\n".join(lines))
 
 
