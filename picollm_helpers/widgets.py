@@ -2,12 +2,15 @@
 
 - `TopPExplorer`: type a prompt, move p, temperature and top-k; see which next tokens the nucleus
   keeps (with their probabilities) and a continuation sampled with those settings.
-- `AttentionExplorer`: type a prompt, pick a layer and a head; see the attention heatmap and, for
-  each query token, the tokens it attends to most.
+- `AttentionExplorer`: type a prompt, pick a layer and a head; see the attention heatmap (or every
+  head of the layer at once), the head's scores beside it, for each query token the tokens it
+  attends to most, and, with "ablate this head", how the next-token distribution changes when
+  the head's output is removed (an intervention, not a picture).
 
 Every control redraws at once. A bad input (an empty prompt, a prompt longer than the model can
 take) shows its error inside the explorer's output area instead of failing silently. The state
-each redraw computed is kept on the object (`nucleus`, `sample_text`, `pattern`, `top`, `error`),
+each redraw computed is kept on the object (`nucleus`, `sample_text`, `pattern`, `top`,
+`head_score`, `next_tokens`, `kl`, `error`),
 so the logic can be tested by setting a control's value and reading it back, with no browser.
 """
 
@@ -23,7 +26,15 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from .interp import attention_patterns, token_labels, top_attended
+from .interp import (
+    ablate_head,
+    attention_patterns,
+    duplicate_token_scores,
+    pattern_scores,
+    run_with_hooks,
+    token_labels,
+    top_attended,
+)
 from .plots import plot_attention
 from .sampling import _encode, _last_logits, generate, top_k_filter, top_p_filter
 
@@ -148,24 +159,40 @@ class TopPExplorer:
 
 
 class AttentionExplorer:
-    """One head's attention heatmap and each query's most-attended tokens, for a typed prompt."""
+    """One head's attention heatmap (or all heads of its layer), its scores, each query's
+    most-attended tokens, and the next-token distribution with the head ablated, for a typed prompt.
 
-    def __init__(self, model, tokenizer, prompt: str, *, layer: int = 0, head: int = 0, top_k: int = 3):
+    scores: optional {score: (L, H) tensor} measured elsewhere (e.g. `head_scores` on held-out
+    text), shown beside the scores on the prompt itself. ablation: "zero" or "mean" (the head's
+    output replaced by its average over the prompt's positions), as in `interp.ablate_head`.
+    """
+
+    SCORE_NAMES = {"previous_token": "previous-token", "first_token": "first-token (sink)", "self": "self",
+                   "entropy": "entropy (nats)", "duplicate_token": "duplicate-token", "induction": "induction"}
+
+    def __init__(self, model, tokenizer, prompt: str, *, layer: int = 0, head: int = 0, top_k: int = 3,
+                 scores: dict | None = None, ablation: str = "zero", show_tokens: int = 8):
         self.model, self.tokenizer, self.k = model, tokenizer, top_k
+        self.scores, self.ablation, self.show_tokens = scores, ablation, show_tokens
         n_layers, n_heads = len(model.blocks), model.n_heads
         self.prompt = W.Text(value=prompt, description="prompt", continuous_update=False,
                              layout=W.Layout(width="80%"))
         self.layer = W.Dropdown(options=list(range(n_layers)), value=layer, description="layer")
         self.head = W.Dropdown(options=list(range(n_heads)), value=head, description="head")
+        self.all_heads = W.Checkbox(value=False, description="all heads of the layer", indent=False)
+        self.ablate = W.Checkbox(value=False, description="ablate this head", indent=False)
         self.out = W.Output()
         self.pattern: torch.Tensor | None = None  # (T, T) of the chosen layer and head
         self.tokens: list[str] = []
         self.top: list[list[tuple[str, float]]] = []
+        self.head_score: dict[str, float] = {}  # the chosen head's scores on the prompt
+        self.next_tokens: list[tuple[str, float, float | None]] = []  # (token, p, p with the head ablated)
+        self.kl: float | None = None  # KL(next-token distribution || with the head ablated), nats
         self.error: str | None = None
-        self._cache: tuple[str, dict] | None = None  # patterns of the last prompt: switching heads is free
-        for control in (self.prompt, self.layer, self.head):
+        self._cache: tuple[str, list, dict, dict] | None = None  # the last prompt's ids, patterns, scores
+        for control in (self.prompt, self.layer, self.head, self.all_heads, self.ablate):
             control.observe(lambda change: self.update(), names="value")
-        self.widget = W.VBox([self.prompt, W.HBox([self.layer, self.head]), self.out])
+        self.widget = W.VBox([self.prompt, W.HBox([self.layer, self.head, self.all_heads, self.ablate]), self.out])
         self.update()
 
     def _patterns(self) -> dict:
@@ -176,26 +203,108 @@ class AttentionExplorer:
                 raise ValueError(f"the prompt has {len(ids)} tokens but the model's context is "
                                  f"{self.model.block_size}: shorten it.")
             self.tokens = token_labels(self.tokenizer, ids)
-            self._cache = (prompt, attention_patterns(self.model, torch.tensor(ids)))
-        return self._cache[1]
+            attn = attention_patterns(self.model, torch.tensor(ids))
+            sc = pattern_scores(attn) if len(ids) > 1 else {}
+            if len(ids) > 1:
+                sc["duplicate_token"] = duplicate_token_scores(attn, torch.tensor([ids]))
+            self._cache = (prompt, ids, attn, sc)
+        return self._cache[2]
+
+    @torch.no_grad()
+    def _next_token(self) -> None:
+        """The next-token distribution after the prompt, and with the chosen head ablated."""
+        idx = torch.tensor([self._cache[1]])  # (1, T)
+        probs = run_with_hooks(self.model, idx, {})[0, -1].float().softmax(-1).cpu()  # (V,)
+        order = probs.argsort(descending=True)[: self.show_tokens]
+        self.kl, ablated = None, None
+        if self.ablate.value:
+            hooks = ablate_head(self.layer.value, self.head.value, how=self.ablation)
+            logp_ab = run_with_hooks(self.model, idx, hooks)[0, -1].float().log_softmax(-1).cpu()  # (V,)
+            ablated = logp_ab.exp()
+            self.kl = float((probs * (probs.clamp_min(1e-30).log() - logp_ab)).sum())
+            order = torch.cat([order, ablated.argsort(descending=True)[: self.show_tokens]]).unique(sorted=False)
+            order = order[probs[order].argsort(descending=True)]
+        self.next_tokens = [(self.tokenizer.decode([int(i)]), float(probs[i]),
+                             None if ablated is None else float(ablated[i])) for i in order]
 
     def update(self) -> None:
         self.error = None
         try:
             attn = self._patterns()
-            self.pattern = attn[f"blocks.{self.layer.value}.attn"][0, self.head.value].float().cpu()
+            layer, head = self.layer.value, self.head.value
+            self.pattern = attn[f"blocks.{layer}.attn"][0, head].float().cpu()
             self.top = top_attended(self.pattern, self.tokens, self.k)
+            self.head_score = {k: float(v[layer, head]) for k, v in self._cache[3].items()}
+            self._next_token()
             self._draw()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
-            self.pattern, self.top = None, []
+            self.pattern, self.top, self.head_score, self.next_tokens, self.kl = None, [], {}, [], None
             _show(self.out, _error_html(exc))
 
+    def _figure(self):
+        n, layer = len(self.tokens), self.layer.value
+        if not self.all_heads.value:
+            fig, ax = plt.subplots(figsize=(min(3 + 0.45 * n, 12), min(2.5 + 0.4 * n, 10)))
+            plot_attention(self.pattern, self.tokens, ax=ax, title=f"Layer {layer}, head {self.head.value}")
+            return fig
+        pats = self._cache[2][f"blocks.{layer}.attn"][0].float().cpu()  # (H, T, T)
+        H = pats.size(0)
+        cols = min(4, H)
+        rows = -(-H // cols)
+        side = min(2.5 + 0.25 * n, 6)
+        fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False)
+        for h, ax in enumerate(axes.flat):
+            if h >= H:
+                ax.axis("off")
+                continue
+            plot_attention(pats[h], self.tokens, ax=ax,
+                           title=f"head {h}" + (" (selected)" if h == self.head.value else ""))
+            if n > 12:  # the labels would overlap in small panels
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.suptitle(f"Layer {layer}, all {H} heads")
+        fig.tight_layout()
+        return fig
+
+    def _scores_html(self) -> str:
+        layer, head = self.layer.value, self.head.value
+        cols = "<th>score</th><th>on this prompt</th>" + ("<th>given (e.g. held-out text)</th>" if self.scores else "")
+        rows = ""
+        for key, label in self.SCORE_NAMES.items():
+            here = self.head_score.get(key)
+            given = self.scores.get(key) if self.scores else None
+            if here is None and given is None:
+                continue
+            here_txt = "n/a" if here is None or here != here else f"{here:.2f}"  # NaN: no repeated token
+            rows += f"<tr><td>{label}</td><td>{here_txt}</td>"
+            if self.scores:
+                rows += f"<td>{float(given[layer, head]):.2f}</td>" if given is not None else "<td></td>"
+            rows += "</tr>"
+        return (f'<table class="picollm-head-scores"><caption>scores of layer {layer} head {head}</caption>'
+                f"<tr>{cols}</tr>{rows}</table>")
+
+    def _next_html(self) -> str:
+        layer, head = self.layer.value, self.head.value
+        ablated = self.ablate.value
+        head_row = "<th>next token</th><th>p</th>" + (f"<th>p without L{layer} H{head}</th>" if ablated else "")
+        rows = "".join(
+            f"<tr><td>{html.escape(repr(t))}</td><td>{p:.3f}</td>" + (f"<td>{pa:.3f}</td>" if ablated else "") + "</tr>"
+            for t, p, pa in self.next_tokens)
+        note = (f"<div class='picollm-ablation'>ablating layer {layer} head {head} ({self.ablation}): "
+                f"KL(next-token distribution || ablated) = {self.kl:.4f} nats</div>" if ablated else
+                "<div class='picollm-ablation'>tick \"ablate this head\" to see what the head changes</div>")
+        return f'<table class="picollm-next-tokens"><tr>{head_row}</tr>{rows}</table>{note}'
+
     def _draw(self) -> None:
-        n = len(self.tokens)
-        fig, ax = plt.subplots(figsize=(min(3 + 0.45 * n, 12), min(2.5 + 0.4 * n, 10)))
-        plot_attention(self.pattern, self.tokens, ax=ax,
-                       title=f"Layer {self.layer.value}, head {self.head.value}")
+        fig = self._figure()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        img = base64.b64encode(buf.getvalue()).decode()
+        beside = (f'<div style="display:flex;gap:1.5em;align-items:flex-start">'
+                  f'<img src="data:image/png;base64,{img}" style="max-width:70%"/>'
+                  f"<div>{self._scores_html()}<br/>{self._next_html()}</div></div>")
         rows = "".join(
             f"<tr><td>{q}</td><td>{html.escape(self.tokens[q])}</td><td>"
             + ", ".join(f"{html.escape(t)} ({w:.2f})" for t, w in top) + "</td></tr>"
@@ -203,7 +312,7 @@ class AttentionExplorer:
         table = (f'<table class="picollm-top-attended"><tr><th>q</th><th>query</th>'
                  f"<th>most-attended keys (weight), layer {self.layer.value} head {self.head.value}</th></tr>"
                  f"{rows}</table>")
-        _show(self.out, fig, table)
+        _show(self.out, beside, table)
 
     def _ipython_display_(self):
         display(self.widget)

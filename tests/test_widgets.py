@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from picollm_helpers import run_with_cache
+from picollm_helpers import run_with_cache, run_with_hooks
+from picollm_helpers.interp import ablate_head, attention_patterns, duplicate_token_scores, pattern_scores
 from picollm_helpers.models import TransformerModel
 from picollm_helpers.models.transformer import HookPoint
 from picollm_helpers.tokenizer import get_tokenizer
@@ -72,3 +73,38 @@ def test_attention_explorer_switches_layer_and_head(model):
     assert ex.error and "empty" in ex.error and ex.pattern is None
     ex.prompt.value = "word " * 40
     assert "context" in ex.error
+
+
+def test_attention_explorer_grid_scores_and_ablation(model):
+    tok = get_tokenizer()
+    prompt = "Lily saw a cat. Lily saw a"
+    ids = tok.encode(prompt)
+    ex = AttentionExplorer(model, tok, prompt, layer=1, head=0, scores={"induction": torch.full((2, 2), 0.25)})
+    html_out = "".join(o["data"]["text/html"] for o in ex.out.outputs)
+    # The head's scores on the prompt, beside the given (held-out) ones.
+    assert "picollm-head-scores" in html_out and "0.25" in html_out
+    attn = attention_patterns(model, torch.tensor(ids))
+    want = pattern_scores(attn)["previous_token"][1, 0]
+    assert ex.head_score["previous_token"] == pytest.approx(float(want))
+    assert ex.head_score["duplicate_token"] == pytest.approx(
+        float(duplicate_token_scores(attn, torch.tensor([ids]))[1, 0]))
+    # Without ablation: the next-token distribution only, the model's own.
+    assert ex.kl is None and all(pa is None for _, _, pa in ex.next_tokens)
+    probs = run_with_hooks(model, torch.tensor([ids]), {})[0, -1].softmax(-1)
+    assert ex.next_tokens[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
+    # Ablating the head: the distribution from run_with_hooks with the head's hook_z zeroed.
+    ex.ablate.value = True
+    ablated = run_with_hooks(model, torch.tensor([ids]), ablate_head(1, 0))[0, -1].softmax(-1)
+    first_tok = ex.next_tokens[0][0]
+    i = tok.encode(first_tok)[0]
+    assert ex.next_tokens[0][2] == pytest.approx(float(ablated[i]), abs=1e-5)
+    assert ex.kl > 0 and "KL" in "".join(o["data"]["text/html"] for o in ex.out.outputs)
+    kl_head0 = ex.kl
+    ex.head.value = 1  # another head, another effect
+    assert ex.kl != pytest.approx(kl_head0)
+    # The all-heads grid is a different (larger) picture of the same layer.
+    single = ex.out.outputs[0]["data"]["text/html"]
+    ex.all_heads.value = True
+    grid = ex.out.outputs[0]["data"]["text/html"]
+    assert ex.error is None and grid != single
+    assert torch.equal(ex.pattern, attn["blocks.1.attn"][0, 1])
