@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, cache_dir
 from .data import cache_key, load_text_files, load_tinystories, load_wiki
+from .errors import DataError
 from .files import write_bytes
 from .tokenizer import EOT_ID, CompactTokenizer
 
@@ -209,13 +210,13 @@ def source_weights(cfg) -> dict[str, float]:
     w_tiny, w_wiki = float(cfg.tinystories_weight), float(cfg.wiki_weight)
     for name, w in (("tinystories_weight", w_tiny), ("wiki_weight", w_wiki)):
         if not 0.0 <= w <= 1.0:
-            raise ValueError(f"{name}={w}: it is a probability; use a value in [0, 1].")
+            raise DataError(f"{name}={w}: it is a probability; use a value in [0, 1].")
     rest = 1.0 - w_tiny - w_wiki
     if w_tiny + w_wiki <= 1e-9 and not files:
-        raise ValueError("tinystories_weight = wiki_weight = 0 and no input_files: there is no data to train on; "
+        raise DataError("tinystories_weight = wiki_weight = 0 and no input_files: there is no data to train on; "
                          "set tinystories_weight=1.0 or pass input_files.")
     if rest < -1e-9:
-        raise ValueError(f"tinystories_weight + wiki_weight = {w_tiny + w_wiki:g} > 1: they are probabilities "
+        raise DataError(f"tinystories_weight + wiki_weight = {w_tiny + w_wiki:g} > 1: they are probabilities "
                          "of one draw; make them sum to at most 1.")
     if rest > 1e-9 and not files:
         # As in pico-llm: with no input files every draw comes from the named datasets.
@@ -241,10 +242,10 @@ def make_datasets(cfg, tokenizer) -> tuple[TokenDataset, TokenDataset]:
     weights = source_weights(cfg)
     block_size = int(cfg.block_size)
     if block_size < 1:
-        raise ValueError(f"block_size={block_size}: use a context length >= 1.")
+        raise DataError(f"block_size={block_size}: use a context length >= 1.")
     test_fraction = float(cfg.test_fraction)
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction}: it is the share held out for testing; use [0, 1).")
+        raise DataError(f"test_fraction={test_fraction}: it is the share held out for testing; use [0, 1).")
     packed = bool(cfg.packed)
 
     tokenized = {}
@@ -275,7 +276,7 @@ def make_datasets(cfg, tokenizer) -> tuple[TokenDataset, TokenDataset]:
 
     for name, ds in trains:
         if len(ds) == 0:
-            raise ValueError(f"{name} gives no training examples (its documents are under 2 tokens or all held "
+            raise DataError(f"{name} gives no training examples (its documents are under 2 tokens or all held "
                              f"out); give it more text, or set its weight to 0.")
     if len(trains) == 1:
         train = trains[0][1]
@@ -301,7 +302,7 @@ def collate_batch(examples, pad_id: int = EOT_ID) -> tuple[torch.Tensor, torch.T
     loss. A real <|endoftext|> inside a sequence stays a target: the mask comes from the lengths.
     """
     if len(examples) == 0:
-        raise ValueError("collate_batch got no examples; pass a non-empty list of token tensors.")
+        raise DataError("collate_batch got no examples; pass a non-empty list of token tensors.")
     seqs = [torch.as_tensor(e, dtype=torch.long) for e in examples]
     lengths = torch.tensor([len(s) for s in seqs])                                     # (B,)
     padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)  # (B, L)
@@ -339,7 +340,7 @@ def batches(ds: TokenDataset, batch_size: int, *, shuffle: bool = True, seed: in
             drop_last: bool = False):
     """Yield (x, y) batches of ds; the order is a fixed function of (seed, epoch) when shuffled."""
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: use 1 or more.")
+        raise DataError(f"batch_size={batch_size}: use 1 or more.")
     n = len(ds)
     order = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n

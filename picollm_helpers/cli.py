@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .config import PROFILE_CAPS, PROFILES, RunConfig, current_profile, resolve_device
+from .errors import PicoLLMError
 
 MODEL_KINDS = ("kgram_mlp_seq", "lstm", "transformer")   # the order pico-llm trains them in
 _D = {f: getattr(RunConfig, f) for f in RunConfig.__dataclass_fields__ if hasattr(RunConfig, f)}
@@ -44,8 +45,16 @@ def _default(name: str) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are the one line that matters and a pointer to --help
+    (argparse's default repeats the whole usage, 35 lines, above it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\nRun `{self.prog} --help` to see every flag.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m picollm_helpers",
         description="Train pico-llm's k-gram MLP, LSTM and transformer on TinyStories and/or text files, "
                     "print samples, and save logs, checkpoints and plots. A flag not given takes its "
@@ -67,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke (seconds), laptop (minutes on a CPU) or full (the report's sizes, a GPU); "
                         "default: $PICOLLM_PROFILE or laptop")
     g.add_argument("--resume", action="store_true", default=False,
-                   help="continue each model from <output_dir>/<model>/checkpoint.pt when it exists")
+                   help="continue each model from <output_dir>/<model>/checkpoint.pt when it exists; a "
+                        "checkpoint of other settings or data is refused")
+    g.add_argument("--force", action="store_true", default=False,
+                   help="with --resume: resume even when the checkpoint's settings or data differ (they are listed)")
+    g.add_argument("--debug", action="store_true", default=False,
+                   help="on an error, show the full Python traceback instead of the one-line message")
     flag(g, "seed", "seeds the data split, initialisation and sampling", type=int)
     flag(g, "device_id", "torch device, e.g. cuda:0, mps, cpu; falls back to an available one", type=str)
     flag(g, "output_dir", "folder for logs, checkpoints and plots, one subfolder per model", type=str)
@@ -128,12 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
     """The profile's config with every explicitly given flag applied; bad values -> parser.error (exit 2)."""
-    explicit = {k: v for k, v in vars(args).items() if k not in ("models", "profile", "resume")}
+    explicit = {k: v for k, v in vars(args).items() if k not in ("models", "profile", "resume", "force", "debug")}
+    files = explicit.get("input_files") or ()
+    if ("prompt" not in explicit and files and not explicit.get("tinystories_weight", 0.5)
+            and not explicit.get("wiki_weight", 0.0) and all(Path(f).name == "3seqs.txt" for f in files)):
+        explicit["prompt"] = "0 1 2 3 4"   # a 3seqs model knows only digits: start it like the data
     try:
         profile = getattr(args, "profile", None) or current_profile()
         # Explicit flags go in as the report's values and as the profile's overrides: never capped.
         return RunConfig.for_profile(profile, laptop=explicit, smoke=explicit, **explicit)
-    except (ValueError, TypeError) as e:
+    except PicoLLMError as e:
         parser.error(str(e))
 
 
@@ -170,6 +188,20 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
+    try:
+        return _main(cfg, args)
+    except (PicoLLMError, OSError) as e:
+        # A mistake in what the user gave (PicoLLMError), or a file the system refused (OSError
+        # with a file name: a folder not writable, a disk full): one message, no traceback. Any
+        # other exception is a bug and keeps its traceback.
+        if args.debug or (isinstance(e, OSError) and not isinstance(e, PicoLLMError) and not e.filename):
+            raise
+        what = str(e) if isinstance(e, PicoLLMError) else f"{e.filename}: {e.strerror or e}"
+        print(f"{parser.prog}: error: {what}\n(--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(cfg: RunConfig, args) -> int:
 
     from . import distributed
     dist, _ = distributed.setup(cfg.device_id)
@@ -177,12 +209,12 @@ def main(argv=None) -> int:
         os.environ["TQDM_DISABLE"] = "1"          # one progress bar and one log, from rank 0
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not dist.is_main else contextlib.nullcontext()
     with quiet:
-        _run(cfg, args.models, args.resume, dist)
+        _run(cfg, args.models, args.resume, dist, force=args.force)
     distributed.cleanup()
     return 0
 
 
-def _run(cfg: RunConfig, kinds, resume: bool, dist) -> None:
+def _run(cfg: RunConfig, kinds, resume: bool, dist, force: bool = False) -> None:
     import torch
 
     from .batching import make_datasets
@@ -204,7 +236,9 @@ def _run(cfg: RunConfig, kinds, resume: bool, dist) -> None:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"\n=== Training model: {kind} ({n_params:,} parameters) ===")
         ckpt = out / kind / "checkpoint.pt"
-        history = train(model, cfg, train_ds, test_ds, tokenizer, name=kind,
+        if resume and not ckpt.exists():
+            print(f"[{kind}] --resume: no checkpoint at {ckpt}; starting fresh")
+        history = train(model, cfg, train_ds, test_ds, tokenizer, name=kind, force_resume=force,
                         resume_from=ckpt if resume and ckpt.exists() else None)
         histories[kind] = history
         if dist.is_main:

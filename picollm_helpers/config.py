@@ -16,15 +16,28 @@ its own laptop/smoke adjustments; the printed config is what actually ran.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import ConfigError
 
 PROFILES = ("smoke", "laptop", "full")
 POS_EMBS = ("none", "learned", "sinusoidal", "rope")
 KGRAM_INPUTS = ("embedding", "onehot")
 PRECISIONS = ("fp32", "bf16", "auto")
 LR_SCHEDULES = ("constant", "cosine")
+# What device_id may name: a device kind torch knows here, optionally with an index.
+_DEVICE_ID = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_FLOATS = ("tinystories_weight", "wiki_weight", "test_fraction", "dropout", "learning_rate", "weight_decay",
+           "grad_clip")
+_INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram_k", "kgram_chunk_size",
+         "num_inner_mlp_layers", "lstm_layers", "n_heads", "n_blocks", "epochs", "batch_size", "warmup_steps",
+         "loss_chunk_size", "max_new_tokens", "seed")
+_BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "compile")
 # Targets with this value are skipped by the loss (padding): F.cross_entropy's default ignore_index.
 IGNORE_INDEX = -100
 
@@ -77,7 +90,7 @@ def current_profile() -> str:
     """The profile named by $PICOLLM_PROFILE (default ``laptop``), validated."""
     profile = os.environ.get("PICOLLM_PROFILE", "").strip() or "laptop"
     if profile not in PROFILES:
-        raise ValueError(
+        raise ConfigError(
             f"PICOLLM_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)} "
             f"(for example: export PICOLLM_PROFILE=laptop)."
         )
@@ -136,16 +149,53 @@ class RunConfig:
     _report: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Normalise list-ish inputs so configs compare and serialise the same way.
-        object.__setattr__(self, "input_files", tuple(str(p) for p in (self.input_files or ())))
-        object.__setattr__(self, "top_p_values", tuple(float(p) for p in self.top_p_values))
+        # Normalise list-ish inputs so configs compare and serialise the same way. One path given
+        # as a string is one file (iterating it would give its characters).
+        files = self.input_files or ()
+        if isinstance(files, (str, os.PathLike)):
+            files = (files,)
+        object.__setattr__(self, "input_files", tuple(str(p) for p in files))
+        tops = (self.top_p_values,) if isinstance(self.top_p_values, (int, float, str)) else self.top_p_values
+        try:
+            object.__setattr__(self, "top_p_values", tuple(float(p) for p in tops))
+        except (TypeError, ValueError):
+            raise ConfigError(f"top_p_values={self.top_p_values!r} is invalid: give numbers in (0, 1], "
+                              "e.g. (0.5, 0.95, 1.0).") from None
+        for name in _FLOATS + _INTS:   # numpy scalars (a sweep over np.arange) as plain Python numbers
+            v = getattr(self, name)
+            if type(v) not in (int, float, bool) and isinstance(v, numbers.Real):
+                object.__setattr__(self, name, int(v) if isinstance(v, numbers.Integral) else float(v))
         if self.pos_emb == "":
             object.__setattr__(self, "pos_emb", "learned" if self.use_position_emb else "none")
         self._validate()
 
     def _validate(self) -> None:
-        def bad(name: str, fix: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is invalid: {fix}")
+        def bad(name: str, fix: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r} is invalid: {fix}")
+
+        # Types first, so the range checks below compare numbers (a "1e-3" string or a NaN would
+        # otherwise pass or fail them with a confusing message, or only during training).
+        for name in _FLOATS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(name, "it must be a finite number, e.g. " + repr(getattr(RunConfig, name)) + ".")
+        for name in _INTS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(name, "it must be a whole number, e.g. " + repr(getattr(RunConfig, name)) + ".")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "it must be True or False.")
+        m = self.max_steps_per_epoch
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int)):
+            raise bad("max_steps_per_epoch", "it must be a whole number, or None for a full pass.")
+        for name in ("prompt", "output_dir", "device_id"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "it must be a string.")
+        if not self.prompt:
+            raise bad("prompt", "the samples after each epoch start from it; give some text, e.g. 'Once upon a'.")
+        if not _DEVICE_ID.fullmatch(self.device_id):
+            raise bad("device_id", "use auto, cpu, mps, cuda or cuda:N (N a GPU number).")
 
         positive = ["block_size", "embed_size", "kgram_k", "num_tinystories", "num_wiki_lines",
                     "n_heads", "n_blocks", "epochs", "batch_size", "lstm_layers"]
@@ -166,24 +216,24 @@ class RunConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, "it is a probability of drawing from that source; use a value in [0, 1].")
         if self.tinystories_weight + self.wiki_weight > 1.0 + 1e-9:
-            raise ValueError(
+            raise ConfigError(
                 f"tinystories_weight + wiki_weight = {self.tinystories_weight + self.wiki_weight:g} > 1: "
                 "they are probabilities of one draw; make them sum to at most 1."
             )
         if self.tinystories_weight + self.wiki_weight == 0 and not self.input_files:
-            raise ValueError(
+            raise ConfigError(
                 "tinystories_weight = wiki_weight = 0 and no input_files: there is nothing to train on; "
                 "pass input_files (e.g. data/3seqs.txt) or set tinystories_weight=1.0."
             )
         if self.embed_size % self.n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"embed_size={self.embed_size} is not divisible by n_heads={self.n_heads}: "
                 "each head gets embed_size / n_heads dimensions; pick values that divide."
             )
         if self.pos_emb not in POS_EMBS:
             raise bad("pos_emb", f"use one of {', '.join(POS_EMBS)}.")
         if self.use_position_emb and self.pos_emb != "learned":
-            raise ValueError(
+            raise ConfigError(
                 f"use_position_emb=True asks for learned positions but pos_emb={self.pos_emb!r}: "
                 "set only one of them."
             )
@@ -196,7 +246,7 @@ class RunConfig:
         if not self.learning_rate > 0:
             raise bad("learning_rate", "use a positive value such as 1e-3.")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.loss_chunk_size < 0:
-            raise ValueError("weight_decay, warmup_steps, grad_clip and loss_chunk_size must be >= 0 "
+            raise ConfigError("weight_decay, warmup_steps, grad_clip and loss_chunk_size must be >= 0 "
                              f"(got {self.weight_decay}, {self.warmup_steps}, {self.grad_clip}, "
                              f"{self.loss_chunk_size}).")
         if not 0.0 <= self.dropout < 1.0:
@@ -205,7 +255,7 @@ class RunConfig:
             raise bad("max_new_tokens", "use 1 or more.")
         for p in self.top_p_values:
             if not 0.0 < p <= 1.0:
-                raise ValueError(f"top_p_values contains {p}: top-p must lie in (0, 1].")
+                raise ConfigError(f"top_p_values contains {p}: top-p must lie in (0, 1].")
         if self.profile not in PROFILES:
             raise bad("profile", f"use one of {', '.join(PROFILES)}.")
 
@@ -222,7 +272,7 @@ class RunConfig:
         """
         profile = profile or current_profile()
         if profile not in PROFILES:
-            raise ValueError(f"profile={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+            raise ConfigError(f"profile={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
         values = {**PROFILE_DEFAULTS[profile], **full}
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for name, cap in PROFILE_CAPS[profile].items():
@@ -251,7 +301,7 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"_report"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys are the pico-llm flags in RunConfig.")
+            raise ConfigError(f"unknown config keys {unknown}; known keys are the pico-llm flags in RunConfig.")
         return cls(**d)
 
     def report_config(self) -> "RunConfig":

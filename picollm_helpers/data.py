@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import cache_dir, repo_root
+from .errors import DataError, MissingFileError, PicoLLMError
 from .files import write_bytes
 from .pydocs import python_docs_in_subprocess
 
@@ -130,7 +131,7 @@ def _cached_texts(name: str, key_parts: tuple, make) -> tuple[list[str], bool]:
 def _resolve(path, what: str) -> Path:
     """A file path as given, else relative to the kit's folder or its data/ folder."""
     if path is None or str(path).strip() == "":
-        raise ValueError(f"{what}: the path is empty; pass the path of a text file.")
+        raise DataError(f"{what}: the path is empty; pass the path of a text file.")
     p = Path(os.path.expanduser(str(path)))
     candidates = [p] if p.is_absolute() else [p, repo_root() / p, repo_root() / "data" / p]
     for c in candidates:
@@ -141,8 +142,8 @@ def _resolve(path, what: str) -> Path:
 
         return write_3seqs() if not default_3seqs_path().exists() else default_3seqs_path()
     if any(c.is_dir() for c in candidates):
-        raise ValueError(f"{what}: {path} is a folder; pass a file inside it.")
-    raise FileNotFoundError(
+        raise DataError(f"{what}: {path} is a folder; pass a file inside it.")
+    raise MissingFileError(
         f"{what}: no file {str(path)!r} (looked in {', '.join(str(c.parent.resolve()) for c in candidates)}); "
         "check the path, or give an absolute one."
     )
@@ -154,7 +155,7 @@ def _read_utf8(path: Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise DataError(
             f"{path} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) cannot be decoded. "
             f"Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.txt`)."
         ) from None
@@ -168,7 +169,7 @@ def _file_identity(path: Path) -> tuple:
 
 def _check_n(n, name: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name}={n!r}: must be a whole number >= 1, e.g. {name}=20000.")
+        raise DataError(f"{name}={n!r}: must be a whole number >= 1, e.g. {name}=20000.")
     return n
 
 
@@ -199,18 +200,19 @@ def _row_text(row: dict, fields=("text", "story")) -> str:
     for f in fields:
         if f in row:
             return row[f] or ""
-    raise ValueError(f"a record has fields {sorted(row)}, but no {' or '.join(repr(f) for f in fields)} field; "
+    raise DataError(f"a record has fields {sorted(row)}, but no {' or '.join(repr(f) for f in fields)} field; "
                      "rename the field holding the text to 'text'.")
 
 
-def _stream_texts(dataset_iterable, n: int | None, keep=None, desc: str = "loading") -> list[str]:
+def _stream_texts(dataset_iterable, n: int | None, keep=None, desc: str = "loading",
+                  rows_read: list | None = None) -> list[str]:
     """The first n (None: all) non-empty texts of an iterable of records (a streaming `datasets` split).
 
     The same function reads a local json/parquet file and the hub, so the hub path is the tested one.
     """
     out = []
     with tqdm(total=n, desc=desc, unit=" texts", leave=False, disable=n is not None and n < 5000) as bar:
-        for row in dataset_iterable:
+        for row in _counted(dataset_iterable, rows_read):
             text = _row_text(row).strip()
             if text and (keep is None or keep(text)):
                 out.append(text)
@@ -218,6 +220,30 @@ def _stream_texts(dataset_iterable, n: int | None, keep=None, desc: str = "loadi
                 if n is not None and len(out) >= n:
                     break
     return out
+
+
+def _counted(iterable, rows_read: list | None):
+    """Iterate, keeping in rows_read[0] how many records came out, so an error can name its row."""
+    for row in iterable:
+        if rows_read is not None:
+            rows_read[0] += 1
+        yield row
+
+
+def _bad_json_line(path: Path) -> int | None:
+    """The 1-based line of the first record in a JSON Lines file that is not a JSON object; None
+    for other files. The datasets library parses in blocks, so its error cannot name the line."""
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return lineno
+                except ValueError:
+                    return lineno
+    return None
 
 
 def _load_datasets_file(path: Path, split: str):
@@ -231,13 +257,15 @@ def _load_datasets_file(path: Path, split: str):
 def _read_documents(path: Path, n: int | None, split: str, keep=None, by_line: bool = False) -> list[str]:
     """Documents of a local file: .txt (see split_documents) or a json/jsonl/parquet table."""
     if path.suffix.lower() in (".json", ".jsonl", ".parquet"):
+        rows = [0]   # records read so far: the failing one is row rows[0] + 1 (1-based)
         try:
-            return _stream_texts(_load_datasets_file(path, split), n, keep, desc=path.name)
-        except ValueError:
-            raise
+            return _stream_texts(_load_datasets_file(path, split), n, keep, desc=path.name, rows_read=rows)
         except Exception as e:  # the datasets library's many error types, made one clear message
-            raise ValueError(f"could not read {path} as {path.suffix[1:]}: {type(e).__name__}: {e}. "
-                             "It needs one record per example with a 'text' (or 'story') field.") from e
+            why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            row = rows[0] if isinstance(e, PicoLLMError) else _bad_json_line(path) or rows[0] + 1
+            raise DataError(f"{path}, row {row}: cannot be read as "
+                            f"{path.suffix[1:]} ({why}). It needs one record per example with a 'text' "
+                            "(or 'story') field; fix or remove that row.") from e
     text = _read_utf8(path)
     docs = [line.strip() for line in text.splitlines() if line.strip()] if by_line else split_documents(text)
     if keep is not None:
@@ -247,7 +275,7 @@ def _read_documents(path: Path, n: int | None, split: str, keep=None, by_line: b
 
 def _nonempty(texts: list[str], path, what: str) -> list[str]:
     if not texts:
-        raise ValueError(f"{path}: no {what} found (the file is empty or has only blank lines); "
+        raise DataError(f"{path}: no {what} found (the file is empty or has only blank lines); "
                          "give a file with text in it.")
     return texts
 
@@ -280,7 +308,7 @@ def load_tinystories(n: int = 20000, split: str = "train", path=None) -> Corpus:
     """
     n = _check_n(n, "n")
     if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
-        raise ValueError(f"split={split!r}: use a split name such as 'train' or 'validation'.")
+        raise DataError(f"split={split!r}: use a split name such as 'train' or 'validation'.")
     path = path or os.environ.get("PICOLLM_TINYSTORIES") or None
     if path:
         p = _resolve(path, "TinyStories file")
@@ -331,7 +359,7 @@ def load_text_files(paths) -> Corpus:
         paths = [paths]
     paths = list(paths or [])
     if not paths:
-        raise ValueError("load_text_files: no paths given; pass a file path or a list of them.")
+        raise DataError("load_text_files: no paths given; pass a file path or a list of them.")
     texts, names = [], []
     for path in paths:
         p = _resolve(path, "text file")
@@ -380,7 +408,7 @@ def load_wiki(n_lines: int = 30000, path=None) -> Corpus:
 def _report(corpus: Corpus, wanted: int | None = None) -> Corpus:
     """Print the corpus's one source line (noting a shortfall) and return it."""
     if not corpus.texts:
-        raise ValueError(f"{corpus.source}: the corpus is empty; check the file or the filters.")
+        raise DataError(f"{corpus.source}: the corpus is empty; check the file or the filters.")
     if wanted is not None and len(corpus) < wanted:
         corpus.source += f" [only {len(corpus)} of the {wanted} asked for are available]"
     print(corpus.source)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import MissingFileError
 from .files import atomic_write
 
 LOSS_LOGS_FORMAT = "picollm.loss_logs/1"
@@ -115,7 +116,7 @@ class History:
         run_dir = Path(run_dir)
         path = run_dir / "loss_logs.json"
         if not path.exists():
-            raise FileNotFoundError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
+            raise MissingFileError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
                                     f"(<output_dir>/<name>)")
         logs = json.loads(path.read_text(encoding="utf-8"))
         h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),

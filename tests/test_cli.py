@@ -71,7 +71,24 @@ def test_bad_flags_exit_2_with_a_message(capsys, argv, message):
         cli.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "usage:" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err
+    # the one error line and where to look, not the whole usage above it
+    assert "usage:" not in err and len(err.strip().splitlines()) == 2 and "--help" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", ""], "prompt='' is invalid"),
+    (["--learning_rate", "nan"], "learning_rate=nan is invalid: it must be a finite number"),
+    (["--weight_decay", "inf"], "weight_decay=inf"),
+    (["--grad_clip", "nan"], "grad_clip=nan"),
+    (["--device_id", "banana"], "device_id='banana' is invalid: use auto, cpu, mps, cuda or cuda:N"),
+])
+def test_values_checkable_before_training_are_refused_before_it(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--tinystories_weight", "0", "--input_files", "data/3seqs.txt", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "=== Training" not in err
 
 
 def test_explicit_flags_override_the_profile():
@@ -143,3 +160,65 @@ def run_in_process(argv, work, env):
         os.environ.update(saved_env)
         torch.set_num_threads(threads)
     return buf.getvalue()
+
+
+def run_cli(argv, work, env, capsys):
+    """cli.main(argv) in this process in `work`: (exit code, stdout, stderr)."""
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("PICOLLM_", "HF_"))})
+    os.chdir(work)
+    torch.set_num_threads(1)
+    try:
+        code = cli.main(argv)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A course folder with a small 3seqs.txt and a finished one-model run in out/lstm."""
+    work = course_dir(tmp_path, n_lines=400)
+    env = offline_env(tmp_path)
+    argv = ["--tinystories_weight", "0.0", "--input_files", "data/3seqs.txt", "--block_size", "16",
+            "--max_steps_per_epoch", "2", "--models", "lstm", "--output_dir", "out"]
+    return work, env, argv
+
+
+def test_user_mistakes_print_one_message_and_exit_1(course, capsys):
+    work, env, argv = course
+    code, out, err = run_cli(argv + ["--resume"], work, env, capsys)
+    assert code == 0 and "[lstm] --resume: no checkpoint at out/lstm/checkpoint.pt; starting fresh" in out
+    assert "0 1 2" in out                           # a 3seqs run samples from a 3seqs prompt by default
+    ckpt = work / "out" / "lstm" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    cases = [
+        (argv + ["--input_files", "data/nope.txt"], None, "no file 'data/nope.txt'"),
+        (argv + ["--prompt", "Hello world"], None, "none of its tokens ('Hello', ' world') occurs in the training data"),
+        (argv + ["--resume", "--seed", "5"], None, "seed: checkpoint 1337, this run 5"),
+        (argv + ["--resume"], good[:len(good) // 3], "checkpoint.pt is incomplete or damaged"),
+        (argv + ["--resume"], b"", "checkpoint.pt is empty (0 bytes)"),
+    ]
+    for case_argv, ckpt_bytes, message in cases:
+        if ckpt_bytes is not None:
+            ckpt.write_bytes(ckpt_bytes)
+        code, out, err = run_cli(case_argv, work, env, capsys)
+        assert code == 1, (case_argv, err)
+        assert message in err and "Traceback" not in err + out, (message, err)
+        assert len(err.strip().splitlines()) == 2 and "--debug" in err
+        ckpt.write_bytes(good)
+    code, out, _ = run_cli(argv + ["--resume", "--seed", "5", "--force"], work, env, capsys)
+    assert code == 0 and "resuming anyway (force): seed: checkpoint 1337, this run 5" in out
+
+
+def test_no_traceback_in_a_real_process_and_debug_shows_it(course):
+    work, env, argv = course
+    cmd = [sys.executable, "-m", "picollm_helpers", *argv, "--input_files", "data/missing.txt"]
+    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no file 'data/missing.txt'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(cmd + ["--debug"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "MissingFileError" in r.stderr

@@ -128,3 +128,32 @@ def test_auto_device_is_said_once_per_process(capsys, monkeypatch):
     out = capsys.readouterr().out.splitlines()
     assert out == ["Device: cpu (auto: no CUDA or MPS device here).",
                    "Device: cuda:0 is not available here; using cpu."]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("learning_rate", float("nan"), "learning_rate=nan is invalid: it must be a finite number"),
+    ("learning_rate", float("inf"), "finite number"),
+    ("weight_decay", float("nan"), "weight_decay=nan"),
+    ("grad_clip", float("nan"), "grad_clip=nan"),
+    ("learning_rate", "1e-3", "learning_rate='1e-3' is invalid"),
+    ("batch_size", "16", "batch_size='16' is invalid: it must be a whole number"),
+    ("block_size", 32.0, "block_size=32.0"),
+    ("packed", "yes", "packed='yes' is invalid: it must be True or False"),
+    ("prompt", "", "prompt='' is invalid"),
+    ("device_id", "banana", "device_id='banana' is invalid: use auto, cpu, mps, cuda or cuda:N"),
+    ("top_p_values", ("a",), "top_p_values=('a',) is invalid"),
+])
+def test_bad_values_are_refused_before_any_work(field, value, words):
+    from picollm_helpers.errors import ConfigError, PicoLLMError
+    with pytest.raises(ConfigError) as e:
+        RunConfig(**{field: value})
+    assert words in str(e.value) and isinstance(e.value, (PicoLLMError, ValueError))
+
+
+def test_a_single_input_file_string_is_one_file_and_numpy_numbers_are_numbers():
+    import numpy as np
+    cfg = RunConfig(input_files="data/3seqs.txt", batch_size=np.int64(8), learning_rate=np.float32(0.5))
+    assert cfg.input_files == ("data/3seqs.txt",)
+    assert type(cfg.batch_size) is int and cfg.batch_size == 8 and type(cfg.learning_rate) is float
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert RunConfig(device_id=device).device_id == device

@@ -249,3 +249,18 @@ def test_bad_n(bad):
     with pytest.raises(ValueError, match="n_lines"):
         data.load_wiki(bad)
 
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_malformed_table_names_the_file_and_the_row(tmp_path, kind):
+    from picollm_helpers.errors import DataError
+    path = tmp_path / f"stories.{kind}"
+    if kind == "jsonl":
+        path.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n{not json\n")
+        row = "row 3"
+    else:
+        path.write_bytes(b"PAR1 this is not a parquet file")
+        row = "row 1"
+    with pytest.raises(DataError, match=rf"stories\.{kind}, row \d+") as e:
+        data.load_tinystories(3, path=path)
+    assert row in str(e.value) and "fix or remove that row" in str(e.value)
