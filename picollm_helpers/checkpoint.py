@@ -8,7 +8,9 @@ so that its losses equal those of an uninterrupted one.
 
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
+from .errors import CheckpointError, MissingFileError
 from .files import atomic_write
 from .history import History, plain
 from .models import build_model, model_kind
@@ -65,13 +68,14 @@ def _tokenizer_record(tokenizer):
 
 def save_checkpoint(path, model: nn.Module, optimizer=None, cfg=None, kind: str | None = None,
                     history: History | None = None, *, epoch: int = 0, global_step: int = 0,
-                    tokenizer=None) -> Path:
+                    tokenizer=None, data: dict | None = None) -> Path:
     """Write model (and optimizer, config, history, RNG) state to `path` atomically.
 
     The file holds only tensors and plain Python data, so torch.load(path, weights_only=True)
     reads it: {"format", "model_state", "optimizer_state", "config" (RunConfig.to_dict()), "kind",
     "vocab_size", "epoch", "global_step", "rng", "history" (History.to_dict()),
-    "tokenizer" (None for GPT-2, or a CompactTokenizer's {"kind": "compact", "gpt2_ids"}), "torch_version"}.
+    "tokenizer" (None for GPT-2, or a CompactTokenizer's {"kind": "compact", "gpt2_ids"}), "torch_version",
+    "data" (what it was trained on, resume.data_record: {"train": {...}, "test": {...}, "vocab": {...}})}.
     """
     path = Path(path)
     ckpt = {"format": CHECKPOINT_FORMAT,
@@ -84,6 +88,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, cfg=None, kind: str 
             "rng": rng_state(),
             "history": history.to_dict() if history is not None else None,
             "tokenizer": _tokenizer_record(tokenizer),
+            "data": plain(data) if data is not None else None,
             "torch_version": str(torch.__version__)}
     with atomic_write(path, "wb") as f:
         torch.save(ckpt, f)
@@ -93,12 +98,26 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, cfg=None, kind: str 
 def read_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass the checkpoint.pt that train() "
+        raise MissingFileError(f"checkpoint not found: {path}; pass the checkpoint.pt that train() "
                                 f"wrote under <output_dir>/<name>/")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it never finished. "
+                              f"Delete it and train again (without --resume / resume_from).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message here advises turning safe loading off; a checkpoint of the kit never
+        # needs that, and a file that does may run code when loaded.
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain data, so it is not a "
+                              f"checkpoint save_checkpoint() wrote; the kit does not load such files. Pass a "
+                              f"checkpoint.pt written by train() or save_checkpoint().") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is incomplete or damaged ({path.stat().st_size:,} bytes; "
+                              f"{type(e).__name__}). Delete it and train again, or pass another "
+                              f"checkpoint.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a pico-llm checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
-                         f"write it with save_checkpoint()")
+        raise CheckpointError(f"{path} is not a pico-llm checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
+                              f"write it with save_checkpoint()")
     return ckpt
 
 
@@ -112,7 +131,7 @@ def load_checkpoint(path, map_location="cpu"):
     """
     ckpt = read_checkpoint(path, map_location)
     if not ckpt.get("kind") or not ckpt.get("config"):
-        raise ValueError(f"{path} lacks the model kind or config needed to rebuild the model; "
+        raise CheckpointError(f"{path} lacks the model kind or config needed to rebuild the model; "
                          f"save it with save_checkpoint(path, model, cfg=cfg, kind=...)")
     cfg = RunConfig.from_dict(ckpt["config"])
     kwargs = {"vocab_size": ckpt["vocab_size"]} if ckpt.get("vocab_size") else {}

@@ -186,6 +186,34 @@ class CompactTokenizer:
         return f"CompactTokenizer({self.n_vocab - 1} GPT-2 tokens + {self.UNK})"
 
 
+def check_prompt(tokenizer, prompt: str, who: str = "") -> list[int]:
+    """The prompt's token ids, after checking a model can start from them.
+
+    Raises PromptError for a prompt with no tokens, or whose every token is one a compact
+    vocabulary lacks (the model would start from <|unk|> alone). Tokens the vocabulary lacks in
+    an otherwise usable prompt are named in a printed note rather than silently becoming <|unk|>.
+    """
+    from .errors import PromptError
+
+    ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt))
+    if not ids:
+        raise PromptError(f"{who}prompt={prompt!r} has no tokens: give some text to start the samples from, "
+                          f"e.g. --prompt 'Once upon a'.")
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk is None or unk not in ids:
+        return ids
+    base = tokenizer.base
+    missing = [base.decode([b]) for b, i in zip(base.encode_ordinary(prompt), ids) if i == unk]
+    listed = ", ".join(repr(m) for m in dict.fromkeys(missing))
+    if len(missing) == len(ids):
+        raise PromptError(f"{who}prompt={prompt!r}: none of its tokens ({listed}) occurs in the training data, "
+                          f"so with the compact vocabulary it is all {CompactTokenizer.UNK}. Use a prompt in the "
+                          f"style of the data, or --no-compact_vocab (compact_vocab=False).")
+    print(f"{who}note: the prompt's tokens {listed} never occur in the training data; with the compact "
+          f"vocabulary they become {CompactTokenizer.UNK} (compact_vocab=False keeps them).")
+    return ids
+
+
 if __name__ == "__main__":  # `python -m picollm_helpers.tokenizer`: prefetch the ranks (used by setup)
     tok = get_tokenizer(verbose=True)
     assert tok.encode("Hello world") == [15496, 995]

@@ -21,22 +21,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import distributed, model_cache
+from . import distributed, model_cache, resume
 from .batching import collate_batch
 from .checkpoint import config_dict, read_checkpoint, save_checkpoint, set_rng_state, vocab_size_of
 from .config import IGNORE_INDEX, resolve_device, resolve_precision
+from .errors import CheckpointError, PicoLLMError, TrainingDivergedError
 from .history import History, plain
 from .loss import LossModule, loss_sum
 from .models import model_kind
 from .plots import history_figure, png_bytes
 from .progress import in_notebook, progress
 from .sampling import generate
-from .tokenizer import EOT_ID
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss (or gradient norm) became NaN or infinite."""
-
+from .tokenizer import EOT_ID, check_prompt
 
 # ----------------------------------------------------------------------------------------------
 # Data order and schedule
@@ -206,11 +202,11 @@ def _check_vocab(model, train_ds, tokenizer) -> None:
     model_v, data_v = vocab_size_of(model), getattr(train_ds, "vocab_size", None)
     tok_v = getattr(tokenizer, "n_vocab", None)
     if model_v is not None and data_v is not None and model_v != data_v:
-        raise ValueError(f"the model has vocab_size={model_v} but the data uses {data_v} token ids "
+        raise PicoLLMError(f"the model has vocab_size={model_v} but the data uses {data_v} token ids "
                          f"(compact_vocab changes it): build the model with "
                          f"build_model(kind, cfg, vocab_size=train_ds.vocab_size)")
     if model_v is not None and tok_v is not None and model_v != tok_v:
-        raise ValueError(f"the tokenizer has {tok_v} ids but the model has vocab_size={model_v}: pass the "
+        raise PicoLLMError(f"the tokenizer has {tok_v} ids but the model has vocab_size={model_v}: pass the "
                          f"tokenizer the data was made with, train_ds.tokenizer")
 
 
@@ -225,7 +221,7 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.O
 
 def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str | None = None,
           live_plot: bool | int = False, resume_from=None, checkpoint_every_epoch: bool = True,
-          step_callback=None, save: bool = True, cache: bool = False) -> History:
+          step_callback=None, save: bool = True, cache: bool = False, force_resume: bool = False) -> History:
     """Train `model` on train_ds for cfg.epochs epochs; returns a History.
 
     Each epoch takes min(cfg.max_steps_per_epoch, len(train_ds) // batch_size) AdamW steps over
@@ -237,7 +233,9 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     live_plot: True (or N) redraws a loss plot every 25 (or N) steps in a notebook.
     tokenizer: for the samples; None uses train_ds.tokenizer when make_datasets attached one.
     resume_from: a checkpoint.pt of this run; training continues after its epoch with the same
-      batches and RNG states, so the losses equal those of an uninterrupted run.
+      batches and RNG states, so the losses equal those of an uninterrupted run. A checkpoint of
+      another model, config, data, vocabulary, seed or schedule is refused (CheckpointError,
+      naming each difference) unless force_resume=True, which resumes and prints the differences.
     step_callback(step, model, loss): called after each backward pass, before clipping and the
       optimizer step (so .grad holds this step's raw gradients). A dict it returns is appended,
       with "step", to history.extra["callback"].
@@ -250,6 +248,8 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     if tokenizer is None:
         tokenizer = getattr(train_ds, "tokenizer", None)    # make_datasets attaches the one it used
     _check_vocab(model, train_ds, tokenizer)
+    if tokenizer is not None:   # the samples after each epoch need it: fail now, not after an epoch
+        check_prompt(tokenizer, cfg.prompt, who=f"[{name or model_kind(model) or type(model).__name__}] ")
     dist, dist_device = distributed.setup(cfg.device_id)
     main = dist.is_main
     device = dist_device or resolve_device(cfg.device_id)
@@ -273,9 +273,22 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     optimizer = make_optimizer(model, cfg, device)
     history = History(name=name, kind=kind, config=config_dict(cfg))
     start_epoch, global_step = 1, 0
+    data = resume.data_record(train_ds, test_ds, tokenizer) if save or resume_from is not None else None
     if resume_from is not None:
         ckpt = read_checkpoint(resume_from, map_location="cpu")  # load_state_dict moves to device
-        model.load_state_dict(ckpt["model_state"])
+        diffs = resume.differences(ckpt, cfg, kind, data)
+        if diffs and not force_resume:
+            raise CheckpointError(f"[{name}] {resume_from} was trained on a different run: " + "; ".join(diffs)
+                                  + ". Resume with the same settings, train afresh (no --resume), or pass "
+                                    "--force (force_resume=True) to resume anyway.")
+        if diffs and main:
+            print(f"[{name}] resuming anyway (force): " + "; ".join(diffs))
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as e:
+            raise CheckpointError(f"[{name}] the weights in {resume_from} do not fit this model "
+                                  f"({str(e).splitlines()[0][:200]}): resume with the model settings it was "
+                                  f"trained with, or train afresh.") from None
         if ckpt.get("optimizer_state"):
             optimizer.load_state_dict(ckpt["optimizer_state"])
         if ckpt.get("history"):
@@ -285,6 +298,8 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         set_rng_state(ckpt["rng"])
         if main:
             print(f"[{name}] resumed from {resume_from} after epoch {ckpt['epoch']} (step {global_step})")
+            if save:   # logs written after this checkpoint (a crash between the two) describe lost work
+                history.save(run_dir)
     else:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -400,10 +415,12 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
                 print(f"[{name}] greedy: {history.generations[epoch]['greedy']!r}")
             live.update(history, global_step, force=True)
             if save:
-                history.save(run_dir)
+                # Checkpoint first: a crash between the two writes leaves logs behind the checkpoint
+                # (the next resume rewrites them), never logs of epochs the checkpoint lacks.
                 if checkpoint_every_epoch or epoch == cfg.epochs:
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, cfg, kind, history,
-                                    epoch=epoch, global_step=global_step, tokenizer=tokenizer)
+                                    epoch=epoch, global_step=global_step, tokenizer=tokenizer, data=data)
+                history.save(run_dir)
         distributed.barrier()
 
     history.wall_time = time.time() - run_start
