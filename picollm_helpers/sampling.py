@@ -5,22 +5,28 @@ incremental state (`model.init_state`, `model.step`: the transformer's KV cache,
 the k-gram model's last k-1 tokens), then one token at a time.
 """
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-# Cumulative probabilities within this many float eps of p count as reaching p, so that rounding
-# cannot decide a boundary: p=0.8 on [0.5, 0.3, 0.2] keeps exactly 2 tokens.
-_P_TOL_EPS = 16
+from .errors import PicoLLMError
+
+# A cumulative sum of V terms is exact to about V float eps of its dtype; a mass within this many
+# times that of p counts as reaching p, so rounding cannot decide a boundary (p=0.8 on
+# [0.5, 0.3, 0.2] keeps exactly 2 tokens), while with V = 50257 the margin (about 2e-11 in
+# float64) stays far below any token's probability, so the kept set never falls short of p.
+_P_TOL_PER_TERM = 4
+# On MPS (no float64) the sum is float32: a fixed margin of 16 float32 eps.
+_P_TOL_FLOAT32 = 16 * torch.finfo(torch.float32).eps
 
 
 def _check_p(p):
-    try:
-        ok = 0.0 < float(p) <= 1.0  # False for nan too
-    except (TypeError, ValueError):
-        ok = False
+    real = isinstance(p, numbers.Real) and not isinstance(p, bool)
+    ok = real and 0.0 < float(p) <= 1.0  # False for nan too
     if not ok:
-        raise ValueError(f"top_p={p!r} is outside (0, 1]: use e.g. 0.9 (p=1 keeps every token, "
+        raise PicoLLMError(f"top_p={p!r} is outside (0, 1]: use e.g. 0.9 (p=1 keeps every token, "
                          "a tiny p is greedy)")
 
 
@@ -39,8 +45,8 @@ def top_p_filter(logits, p):
     probs = sorted_logits.to(wide).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
     # A token is needed while the more probable ones have not reached p yet.
-    eps = torch.finfo(torch.float64 if logits.dtype == torch.float64 else torch.float32).eps
-    keep_sorted = before < p - _P_TOL_EPS * eps  # (..., V)
+    tol = _P_TOL_FLOAT32 if wide == torch.float32 else _P_TOL_PER_TERM * logits.size(-1) * torch.finfo(wide).eps
+    keep_sorted = before < p - tol  # (..., V)
     keep_sorted[..., 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
     return logits.masked_fill(~keep, float("-inf"))
@@ -48,8 +54,8 @@ def top_p_filter(logits, p):
 
 def top_k_filter(logits, k):
     """Keep the k largest logits (ties at the k-th value are kept too); the rest become -inf."""
-    if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"top_k={k!r} must be a positive int: use e.g. 50, or None for no top-k")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise PicoLLMError(f"top_k={k!r} must be a positive int: use e.g. 50, or None for no top-k")
     if k >= logits.size(-1):
         return logits
     kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
@@ -62,10 +68,7 @@ def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False
     greedy (or temperature=0) takes the argmax. Otherwise logits are divided by temperature, then
     filtered by top-k, then top-p, and a token is drawn from the softmax with `generator`.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative: use a value >= 0 (0 means greedy)")
-    if top_p is not None:
-        _check_p(top_p)
+    _check_sampling(temperature, top_k, top_p)
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -75,6 +78,17 @@ def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False
         logits = top_p_filter(logits, top_p)
     probs = logits.float().softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_sampling(temperature, top_k, top_p) -> None:
+    """The sampling settings, checked before any token is drawn."""
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature) or temperature < 0):
+        raise PicoLLMError(f"temperature={temperature!r} is invalid: use a number >= 0 (0 means greedy), e.g. 1.0")
+    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
+        raise PicoLLMError(f"top_k={top_k!r} must be a positive int: use e.g. 50, or None for no top-k")
+    if top_p is not None:
+        _check_p(top_p)
 
 
 @dataclass
@@ -127,8 +141,7 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
         raise ValueError(f"max_new_tokens={max_new_tokens} is negative: use 0 or more")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
-    if top_p is not None:
-        _check_p(top_p)
+    _check_sampling(temperature, top_k, top_p)
     block_size = getattr(model, "block_size", None)
     if block_size is not None and len(prompt_ids) > block_size:
         print(f"note: the prompt has {len(prompt_ids)} tokens, more than the context "

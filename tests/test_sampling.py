@@ -147,3 +147,30 @@ def test_generate_with_tiktoken_encoding():
     model = TransformerModel(256, 16, 2, 1, block_size=32)
     out = generate(model, enc, "Once", 5, greedy=True)
     assert out.text.startswith("Once") and len(out.ids) == 4 + 5
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_on_full_vocabulary_distributions():
+    g = torch.Generator().manual_seed(0)
+    V = 50257
+    for trial in range(60):
+        logits = torch.randn(V, generator=g) * (0.5 + 3.0 * torch.rand(1, generator=g).item())  # float32
+        p = float(torch.rand(1, generator=g)) * 0.98 + 0.01
+        n_kept = int(kept(logits, p).sum())
+        mass = logits.double().softmax(-1).sort(descending=True).values.cumsum(-1)  # mass of the top k+1
+        assert mass[n_kept - 1] >= p, (trial, p)                           # the kept set reaches p
+        assert n_kept == 1 or mass[n_kept - 2] < p, (trial, p)             # and no smaller one does
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(temperature=float("nan")), "temperature=nan"),
+    (dict(temperature=-1.0), "temperature=-1.0"),
+    (dict(temperature="1"), "temperature='1'"),
+    (dict(top_p="0.9"), "top_p='0.9'"),
+    (dict(top_k=2.5), "top_k=2.5"),
+    (dict(top_k=True), "top_k=True"),
+])
+def test_generate_checks_its_sampling_settings_up_front(kw, words):
+    model = models()[2]
+    with pytest.raises(ValueError) as e:
+        generate(model, None, [1, 2, 3], 5, **kw)
+    assert words in str(e.value)
