@@ -198,7 +198,7 @@ def test_user_mistakes_print_one_message_and_exit_1(course, capsys):
     good = ckpt.read_bytes()
     cases = [
         (argv + ["--input_files", "data/nope.txt"], None, "no file 'data/nope.txt'"),
-        (argv + ["--prompt", "Hello world"], None, "none of its tokens ('Hello', ' world') occurs in the training data"),
+        (argv + ["--prompt", "Hello world"], None, "none of its tokens ('Hello', ' world') occurs"),
         (argv + ["--resume", "--seed", "5"], None, "seed: checkpoint 1337, this run 5"),
         (argv + ["--resume"], good[:len(good) // 3], "checkpoint.pt is incomplete or damaged"),
         (argv + ["--resume"], b"", "checkpoint.pt is empty (0 bytes)"),
