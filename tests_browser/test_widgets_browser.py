@@ -71,7 +71,8 @@ _READ_OUTPUT_JS = """root => {
   const table = q('table.picollm-top-attended');
   const rows = table ? Array.from(table.querySelectorAll('tr')).map(r => r.innerText) : null;
   return {nucleus: text('.picollm-nucleus'), sample: text('.picollm-sample'), error: text('.picollm-error'),
-          img: img ? img.getAttribute('src') : null,
+          img: img ? img.getAttribute('src') : null, scores: text('.picollm-head-scores'),
+          ablation: text('.picollm-ablation'), next: text('.picollm-next-tokens'),
           header: rows ? rows[0] : null, rows: rows ? rows.slice(1) : null};
 }"""
 
@@ -163,7 +164,7 @@ def test_top_p_explorer_in_jupyterlab(lab):
 
 def _attention_state(ex) -> dict:
     raw = ex.evaluate(_READ_OUTPUT_JS)
-    return {k: raw[k] for k in ("img", "header", "rows", "error")}
+    return {k: raw[k] for k in ("img", "header", "rows", "error", "scores", "ablation", "next")}
 
 
 def test_attention_explorer_in_jupyterlab(lab):
@@ -212,6 +213,30 @@ def test_attention_explorer_in_jupyterlab(lab):
         assert state["rows"] != before["rows"], (
             f"switching the {control} did not change the top-attended tokens:\n" + "\n".join(state["rows"]))
         assert len(state["rows"]) == len(before["rows"])  # same prompt, same queries
+
+    # The head's scores sit beside its map; the ablation toggle adds the distribution without the head.
+    assert state["scores"] and f"layer {cur_layer} head {cur_head}" in state["scores"], state["scores"]
+    assert "KL" not in (state["ablation"] or ""), state["ablation"]
+
+    def checkbox(label: str):
+        return ex.locator(".widget-checkbox").filter(has_text=label).locator("input[type='checkbox']")
+
+    before = state
+    checkbox("ablate this head").check()
+    state = lab.wait_until(lambda: (s := _attention_state(ex))["ablation"] and "KL" in s["ablation"] and s,
+                           REDRAW_TIMEOUT_S, "the next-token distribution with the head ablated")
+    assert f"layer {cur_layer} head {cur_head}" in state["ablation"], state["ablation"]
+    assert re.search(r"KL\(.*\) = \d+\.\d+ nats", state["ablation"]), state["ablation"]
+    assert f"without L{cur_layer} H{cur_head}" in state["next"], state["next"]
+    assert state["rows"] == before["rows"], "ablating a head must not change its attention map"
+    lab.screenshot("ablated", ex)
+
+    checkbox("all heads of the layer").check()
+    state = lab.wait_until(lambda: (s := _attention_state(ex))["img"] != before["img"] and s["rows"] and s,
+                           REDRAW_TIMEOUT_S, "the all-heads grid")
+    assert state["error"] is None and state["rows"] == before["rows"], state
+    lab.screenshot("all-heads", ex)
+    lab.assert_no_widget_errors()
 
     prompt_box = ex.locator(".widget-text input[type='text']").first
     _set_text(prompt_box, "")
