@@ -225,7 +225,9 @@ class LessonResults:
         return self
 
     def __repr__(self) -> str:
-        return f"LessonResults({self.lesson!r}: {len(self.claims)} claim(s), profile {self.profile}; {self.path})"
+        # Relative to the repository where it lies there: a saved notebook names no machine's folders.
+        path = self.path.relative_to(repo_root()) if self.path.is_relative_to(repo_root()) else self.path
+        return f"LessonResults({self.lesson!r}: {len(self.claims)} claim(s), profile {self.profile}; {path})"
 
     def _repr_markdown_(self) -> str:
         return claims_table([self])
