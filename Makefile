@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report clean-cache
+.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report exercises clean-cache
 
 setup: $(STAMP)
 
@@ -63,6 +63,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m picollm_helpers.bench
+
+# exercises/NN_*.ipynb: the student build of the lessons (each marked region a stub; checks say
+# when the student's code is right). tests/test_exercises.py checks that it is up to date and runs.
+exercises: $(STAMP)
+	$(PY) -m picollm_helpers.exercises
 
 # results/REPORT.md: every lesson's claims and verdicts (results/NN_*.json) in one table.
 report: $(STAMP)

@@ -1,0 +1,34 @@
+"""Checks for the lessons' exercises: one per exercise, called in the cell after it.
+
+    top_p_filter = check_top_p_filter(top_p_filter)
+
+runs the student's function (or class) and the kit's reference on the same small hand-made and
+random cases and prints one verdict: passed (how many cases), or the first failing case with its
+input, the expected and the received value and a hint. It returns what the lesson goes on with:
+the student's code when it passed, the kit's reference otherwise, so a lesson whose exercises are
+not done yet still runs to the end. `CHECKS[name].run(fn)` gives the Verdict without printing.
+
+One file per lesson topic: embedding (01), kgram (02), sampling (03), transformer (04),
+overfitting (05), positions (06), interp (07), norms (08).
+"""
+
+from ._core import Case, Check, Verdict
+from .embedding import check_one_hot_embedding, check_training_step
+from .kgram import check_kgram_logits
+from .sampling import check_top_k_filter, check_top_p_filter
+from .transformer import (
+    check_attention_head,
+    check_causal_self_attention,
+    check_kv_cache_step,
+    check_rms_norm,
+    check_transformer_block,
+)
+
+CHECKS = {c.name: c for c in (
+    check_one_hot_embedding, check_training_step,
+    check_kgram_logits,
+    check_top_p_filter, check_top_k_filter,
+    check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
+)}
+
+__all__ = ["CHECKS", "Case", "Check", "Verdict", *(f"check_{name}" for name in CHECKS)]

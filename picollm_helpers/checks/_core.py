@@ -1,0 +1,220 @@
+"""The machinery behind every exercise check: cases, comparison, one readable verdict.
+
+A `Check` runs a student's implementation and the kit's reference on the same cases (small
+hand-made ones first, then random ones from a fixed seed) and compares what they return. Calling
+the check prints one verdict and hands back the implementation the lesson goes on with: the
+student's when it passed, the kit's reference otherwise (an exercise not done yet never stops a
+lesson). `Check.run(fn)` returns the `Verdict` without printing, for tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+STATUSES = ("passed", "failed", "raised", "not implemented")
+
+
+@dataclass
+class Case:
+    """One input. build() makes fresh arguments for every call (so an implementation that writes
+    into its inputs cannot change what the next one sees): a tuple of positional arguments, or
+    (args, kwargs)."""
+
+    label: str
+    build: Callable[[], Any]
+
+    def arguments(self):
+        made = self.build()
+        if isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], dict) and isinstance(made[0], tuple):
+            return made
+        return (made if isinstance(made, tuple) else (made,)), {}
+
+
+@dataclass
+class Verdict:
+    name: str
+    status: str  # one of STATUSES
+    n_cases: int  # cases run (all of them when passed)
+    message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Mismatch(Exception):
+    """Raised by a comparison: what differs, in words."""
+
+
+def describe(x, limit: int = 12) -> str:
+    """A short description of a value: a tensor's shape and dtype (and its values when small)."""
+    if isinstance(x, torch.Tensor):
+        shape = tuple(x.shape)
+        text = f"tensor of shape {shape}, {str(x.dtype).replace('torch.', '')}"
+        if x.numel() <= limit:
+            text += f": {x.detach().cpu().tolist()}"
+        return text
+    if isinstance(x, torch.nn.Module):
+        n = sum(p.numel() for p in x.parameters())
+        return f"{type(x).__name__} ({n} parameters)"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(describe(v, limit) for v in x) + ")"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return repr(x)
+
+
+def compare_values(expected, got, atol: float, rtol: float, where: str = "the result") -> None:
+    """Raise Mismatch, in words, when got differs from expected beyond the tolerance.
+
+    Tensors must have the same shape and dtype; -inf and +inf must sit at the same places; the
+    finite entries must agree within atol + rtol * |expected|. Tuples and lists compare item by item.
+    """
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            raise Mismatch(f"{where} should be a tensor of shape {tuple(expected.shape)}, got {describe(got)}")
+        if got.shape != expected.shape:
+            raise Mismatch(f"{where} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+        if got.dtype != expected.dtype:
+            raise Mismatch(f"{where} has dtype {got.dtype}, expected {expected.dtype}")
+        e, g = expected.detach().double().cpu(), got.detach().double().cpu()
+        if e.dtype.is_floating_point or e.is_complex():
+            inf_e, inf_g = torch.isinf(e), torch.isinf(g)
+            if not torch.equal(inf_e, inf_g) or not torch.equal(e[inf_e], g[inf_e]):
+                n = int((inf_e != inf_g).sum())
+                raise Mismatch(f"{where}: {n} entries are infinite in one and not in the other "
+                               f"(expected {int(inf_e.sum())} infinite entries, got {int(inf_g.sum())})")
+            if torch.isnan(g).any() and not torch.isnan(e).any():
+                raise Mismatch(f"{where} contains NaN ({int(torch.isnan(g).sum())} entries)")
+            fin = ~inf_e & ~torch.isnan(e)
+            diff = (e[fin] - g[fin]).abs()
+            bound = atol + rtol * e[fin].abs()
+            if diff.numel() and bool((diff > bound).any()):
+                i = int((diff - bound).argmax())
+                raise Mismatch(f"{where}: max abs difference {float(diff.max()):.3g} "
+                               f"(tolerance {atol:g} + {rtol:g} x |expected|; worst entry: expected "
+                               f"{float(e[fin][i]):.6g}, got {float(g[fin][i]):.6g})")
+        elif not torch.equal(e, g):
+            raise Mismatch(f"{where}: {int((e != g).sum())} of {e.numel()} entries differ")
+        return
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise Mismatch(f"{where} should be a sequence of {len(expected)} items, got {describe(got)}")
+        for i, (e, g) in enumerate(zip(expected, got)):
+            compare_values(e, g, atol, rtol, f"{where}[{i}]")
+        return
+    if isinstance(expected, float) or isinstance(got, float):
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            raise Mismatch(f"{where} should be a number, got {describe(got)}")
+        if not math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol):
+            raise Mismatch(f"{where} is {got:.6g}, expected {expected:.6g} "
+                           f"(tolerance {atol:g} + {rtol:g} x |expected|)")
+        return
+    if got != expected:
+        raise Mismatch(f"{where} is {describe(got)}, expected {describe(expected)}")
+
+
+def _student_frame(exc: BaseException) -> str:
+    """'line N' of the innermost frame outside the kit, where the student's code raised."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "picollm_helpers" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at line {f.lineno}: {f.line.strip()})" if f.line else f" (at line {f.lineno})"
+
+
+@dataclass
+class Check:
+    """One exercise's check.
+
+    name: the exercise (as in its `# EXERCISE name` marker); reference: the kit's implementation;
+    cases: a function returning the list of Cases; observe(impl, *args, **kwargs): what is compared
+    (default: impl(*args, **kwargs)); hint: one line shown when a case fails.
+    """
+
+    name: str
+    reference: Callable
+    cases: Callable[[], list]
+    hint: str
+    observe: Callable | None = None
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    used: str = "the kit's reference implementation"
+    _cases: list = field(default=None, repr=False)
+
+    def _observe(self, impl, args, kwargs):
+        if self.observe is not None:
+            return self.observe(impl, *args, **kwargs)
+        return impl(*args, **kwargs)
+
+    def run(self, fn) -> Verdict:
+        if self._cases is None:
+            self._cases = self.cases()
+        for n, case in enumerate(self._cases):
+            args, kwargs = case.arguments()
+            shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
+            expected = self._observe(self.reference, *copy.deepcopy((args, kwargs)))
+            try:
+                got = self._observe(fn, args, kwargs)
+            except Mismatch as m:
+                return Verdict(self.name, "failed", n + 1, f"{self.name}: failed case {n + 1} of "
+                               f"{len(self._cases)}: {case.label}\n  {m}\n  hint: {self.hint}")
+            except NotImplementedError:
+                return Verdict(self.name, "not implemented", n,
+                               f"{self.name}: not implemented yet (the stub still raises NotImplementedError)")
+            except Exception as e:  # the student's own error, reported as such
+                return Verdict(self.name, "raised", n + 1,
+                               f"{self.name}: your function raised {type(e).__name__}: {e}{_student_frame(e)}\n"
+                               f"  case: {case.label}\n  input: {shown}")
+            try:
+                compare_values(expected, got, self.atol, self.rtol)
+            except Mismatch as m:
+                return Verdict(self.name, "failed", n + 1,
+                               f"{self.name}: failed case {n + 1} of {len(self._cases)}: {case.label}\n"
+                               f"  input: {shown}\n  expected: {describe(expected)}\n  received: {describe(got)}\n"
+                               f"  {m}\n  hint: {self.hint}")
+        return Verdict(self.name, "passed", len(self._cases), f"{self.name}: passed all {len(self._cases)} cases")
+
+    def __call__(self, fn, quiet: bool = False):
+        """Check fn, print the verdict, and return what the lesson should use next."""
+        v = self.run(fn)
+        if v.passed:
+            if not quiet:
+                print(f"\u2713 {v.message}")
+            return fn
+        if not quiet:
+            print(f"\u2717 {v.message}\n  The lesson continues with {self.used}.")
+        return self.reference
+
+
+def module_observe(kit_class, make, inputs):
+    """An observe() for exercises that write an nn.Module class with the kit's constructor and
+    parameter names: build the kit's module, copy its weights into the student's, run both.
+
+    make(cls) -> an instance (the same constructor arguments for either class); inputs() -> the
+    forward's arguments, a tuple. Cases pass a seed: observe(cls, seed).
+    """
+
+    def observe(cls, seed):
+        torch.manual_seed(seed)
+        ref = make(kit_class)
+        mod = make(cls)
+        result = mod.load_state_dict(ref.state_dict(), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise Mismatch(f"the parameter names differ from the kit's {kit_class.__name__}: missing "
+                           f"{result.missing_keys}, unexpected {result.unexpected_keys}")
+        torch.manual_seed(seed + 1)
+        args = inputs()
+        with torch.no_grad():
+            return mod(*args)
+
+    return observe

@@ -1,0 +1,305 @@
+"""The exercise checks: each passes the kit's reference, says "not implemented yet" for a stub,
+reports a student's own exception as such, and fails, readably, on deliberately wrong code."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picollm_helpers.checks import CHECKS, check_top_p_filter
+from picollm_helpers.checks.transformer import cached_attention
+from picollm_helpers.models.transformer import Block, CausalSelfAttention, RMSNorm, causal_mask
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("exercise: write this")
+
+
+# Deliberately wrong implementations, each a mistake a student makes -------------------------------
+
+def top_p_without_crossing_token(logits, p):
+    probs = logits.softmax(-1)
+    sp, order = probs.sort(-1, descending=True)
+    keep_sorted = sp.cumsum(-1) <= p  # drops the token that crosses p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_p_forgets_to_unsort(logits, p):
+    sl, _ = logits.sort(-1, descending=True)
+    probs = sl.softmax(-1)
+    keep = (probs.cumsum(-1) - probs) < p
+    return sl.masked_fill(~keep, float("-inf"))  # in sorted order, not the vocabulary's
+
+
+def top_k_strict(logits, k):
+    kth = logits.topk(k, -1).values[..., -1:]
+    return logits.masked_fill(logits <= kth, float("-inf"))  # drops the k-th itself
+
+
+def top_k_flat(logits, k):
+    kth = logits.flatten().topk(k).values[-1]  # the k-th of the whole batch, not per row
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def embedding_wrong_axis(ids, weight):
+    return F.one_hot(ids, weight.size(1)).float() @ weight.t()  # one-hot over E, not V (fails on shape)
+
+
+def embedding_off_by_one(ids, weight):
+    return F.one_hot((ids + 1) % weight.size(0), weight.size(0)).float() @ weight
+
+
+def step_without_zero_grad(model, x, y, opt):
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    loss.backward()
+    opt.step()  # gradients accumulate from step to step
+    return loss.item()
+
+
+def step_counts_padding(model, x, y, opt):
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten().clamp(min=0))  # padding as token 0
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def step_loss_after_update(model, x, y, opt):
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100).item()
+
+
+def kgram_right_padded(model, idx):
+    win = F.pad(idx, (0, model.k - 1), value=model.pad_id).unfold(1, model.k, 1)  # future tokens
+    return model.lm_head(model.mlp(win))
+
+
+def kgram_window_excludes_current(model, idx):
+    win = F.pad(idx, (model.k, 0), value=model.pad_id)[:, :-1].unfold(1, model.k, 1)  # shifted one back
+    return model.lm_head(model.mlp(win))
+
+
+class RMSNormNoWeight(RMSNorm):
+    def forward(self, x):
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class RMSNormEpsOutside(RMSNorm):
+    def forward(self, x):
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * self.weight
+
+
+class LayerNormInstead(RMSNorm):
+    def forward(self, x):
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        x = x - x.mean(-1, keepdim=True)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+
+
+def head_no_mask(x, wq, wk, wv):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).softmax(-1) @ v
+
+
+def head_no_scale(x, wq, wk, wv):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    T = x.size(1)
+    att = (q @ k.transpose(-2, -1)).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return att.softmax(-1) @ v
+
+
+def head_mask_off_by_one(x, wq, wk, wv):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    T = x.size(1)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(1), float("-inf"))  # sees one token ahead
+    return att.softmax(-1) @ v
+
+
+def head_softmax_wrong_dim(x, wq, wk, wv):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    T = x.size(1)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return torch.nan_to_num(att.softmax(-2)) @ v  # normalises over queries
+
+
+class AttentionHeadsMixedUp(CausalSelfAttention):
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        # (B, T, C) -> (B, H, T, hd) with view alone: heads and time mixed up
+        q, k, v = (t.reshape(B, self.n_heads, T, self.head_dim) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class AttentionNoProj(CausalSelfAttention):
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
+
+class AttentionRenamed(nn.Module):
+    def __init__(self, embed_size, n_heads):
+        super().__init__()
+        self.c_attn = nn.Linear(embed_size, 3 * embed_size, bias=False)
+        self.c_proj = nn.Linear(embed_size, embed_size, bias=False)
+
+    def forward(self, x):
+        return x
+
+
+class BlockAlwaysPreNorm(Block):
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class BlockNoResidual(Block):
+    def forward(self, x):
+        if self.use_post_norm:
+            x = self.norm1(self.attn(x))
+            return self.norm2(self.mlp(x))
+        x = self.attn(self.norm1(x))
+        return self.mlp(self.norm2(x))
+
+
+def cache_without_mask(attn, x_new, past_k, past_v):
+    B, T, C = x_new.shape
+    q, k, v = attn.qkv(x_new).view(B, T, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+    y = F.scaled_dot_product_attention(q, k, v)  # new tokens see each other's futures
+    return attn.proj(y.transpose(1, 2).reshape(B, T, C)), k, v
+
+
+def cache_mask_top_left(attn, x_new, past_k, past_v):
+    B, T, C = x_new.shape
+    q, k, v = attn.qkv(x_new).view(B, T, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # aligned top-left: wrong after a cache
+    return attn.proj(y.transpose(1, 2).reshape(B, T, C)), k, v
+
+
+def cache_forgets_past(attn, x_new, past_k, past_v):
+    B, T, C = x_new.shape
+    q, k, v = attn.qkv(x_new).view(B, T, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # attends to the new tokens only
+    return attn.proj(y.transpose(1, 2).reshape(B, T, C)), torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+
+
+WRONG = {
+    "top_p_filter": [top_p_without_crossing_token, top_p_forgets_to_unsort],
+    "top_k_filter": [top_k_strict, top_k_flat],
+    "one_hot_embedding": [embedding_wrong_axis, embedding_off_by_one],
+    "training_step": [step_without_zero_grad, step_counts_padding, step_loss_after_update],
+    "kgram_logits": [kgram_right_padded, kgram_window_excludes_current],
+    "rms_norm": [RMSNormNoWeight, RMSNormEpsOutside, LayerNormInstead],
+    "attention_head": [head_no_mask, head_no_scale, head_mask_off_by_one, head_softmax_wrong_dim],
+    "causal_self_attention": [AttentionHeadsMixedUp, AttentionNoProj, AttentionRenamed],
+    "transformer_block": [BlockAlwaysPreNorm, BlockNoResidual],
+    "kv_cache_step": [cache_without_mask, cache_mask_top_left, cache_forgets_past],
+}
+
+
+def _stub_class(reference):
+    class Stub(reference):
+        def forward(self, *args, **kwargs):
+            raise NotImplementedError("exercise: write this")
+    return Stub
+
+
+def _stub_for(check):
+    return _stub_class(check.reference) if isinstance(check.reference, type) else stub
+
+
+def test_every_check_has_wrong_implementations():
+    assert set(WRONG) == set(CHECKS), "each exercise's check needs at least one deliberately wrong implementation"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_the_reference_passes(name):
+    v = CHECKS[name].run(CHECKS[name].reference)
+    assert v.passed, v.message
+    assert v.n_cases >= 2 and f"passed all {v.n_cases} cases" in v.message
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_a_stub_is_not_implemented_yet(name):
+    v = CHECKS[name].run(_stub_for(CHECKS[name]))
+    assert v.status == "not implemented" and "not implemented yet" in v.message
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n, ws in WRONG.items() for w in ws],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_a_wrong_implementation_fails_readably(name, wrong):
+    v = CHECKS[name].run(wrong)
+    assert v.status in ("failed", "raised"), f"{wrong.__name__} passed the {name} check"
+    assert v.message.startswith(name + ":")
+    assert "Traceback" not in v.message
+    if v.status == "failed":
+        assert "case" in v.message and "hint:" in v.message
+
+
+def test_a_failure_names_the_input_expected_and_received_with_the_tolerance():
+    v = check_top_p_filter.run(top_p_without_crossing_token)
+    assert v.status == "failed"
+    lines = v.message.splitlines()
+    assert lines[0].startswith("top_p_filter: failed case 1 of ")
+    assert any(line.strip().startswith("input: tensor of shape (4,)") for line in lines)
+    assert any(line.strip().startswith("expected:") for line in lines)
+    assert any(line.strip().startswith("received:") for line in lines)
+    assert "infinite" in v.message  # the kept sets differ: -inf in one and not the other
+
+
+def test_a_students_exception_is_reported_as_theirs():
+    def broken(logits, p):
+        return logits.softmax(dim=5)  # IndexError inside torch
+
+    v = check_top_p_filter.run(broken)
+    assert v.status == "raised"
+    assert v.message.startswith("top_p_filter: your function raised IndexError")
+    assert "logits.softmax(dim=5)" in v.message  # the student's own line
+
+
+def test_calling_a_check_prints_the_verdict_and_returns_what_to_use(capsys):
+    assert check_top_p_filter(CHECKS["top_p_filter"].reference) is CHECKS["top_p_filter"].reference
+    assert "\u2713 top_p_filter: passed" in capsys.readouterr().out
+    assert check_top_p_filter(stub) is CHECKS["top_p_filter"].reference
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "continues with the kit's reference implementation" in out
+    assert check_top_p_filter(top_p_without_crossing_token) is CHECKS["top_p_filter"].reference
+
+
+def test_an_input_the_student_changes_in_place_does_not_leak_into_the_next_call():
+    def in_place(logits, p):
+        out = CHECKS["top_p_filter"].reference(logits.clone(), p)
+        logits.zero_()  # wrecks its input
+        return out
+
+    assert check_top_p_filter.run(in_place).passed
+
+
+def test_the_cache_reference_equals_the_full_forward():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 4).eval()
+    x = torch.randn(2, 7, 16)
+    k = v = torch.zeros(2, 4, 0, 4)
+    ys = []
+    with torch.no_grad():
+        for t in range(7):
+            y, k, v = cached_attention(attn, x[:, t:t + 1], k, v)
+            ys.append(y)
+        torch.testing.assert_close(torch.cat(ys, 1), attn(x), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cached_attention(attn, x, k[:, :, :0], v[:, :, :0])[0], attn(x))
+    assert causal_mask(2, 5, "cpu").tolist() == [[True, True, True, True, False], [True] * 5]
