@@ -23,16 +23,17 @@ import hashlib
 import json
 import os
 import re
-import socket
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
 from .config import cache_dir, repo_root
 from .errors import DataError, MissingFileError, PicoLLMError
 from .files import write_bytes
+from .net import https_unreachable_reason
 from .pydocs import python_docs_in_subprocess
 
 TINYSTORIES_HUB = "roneneldan/TinyStories"
@@ -68,33 +69,41 @@ class Corpus:
 
 
 # ----------------------------------------------------------------------------------------------
-# Hub reachability: decided once per process, in milliseconds when offline
+# Hub reachability: decided once per process, in bounded time
 
-_hub_probe: bool | None = None
+HUB_PORT = 443
+_hub_probe: tuple | None = None   # None: not probed yet; else (reason or None,) for the whole process
 
 
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _hub_address() -> tuple[str, int]:
+    """(host, port) of the hub the datasets library would use: $HF_ENDPOINT (an HTTPS mirror), else the hub."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
+    if endpoint:
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if url.hostname:
+            return url.hostname, url.port or 443
+    return HUB_HOST, HUB_PORT
+
+
 def hub_offline_reason() -> str | None:
     """Why the Hugging Face hub is not used, or None when it is reachable.
 
-    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are honoured on every call; otherwise one TCP connect to
-    the hub (2 s timeout) decides for the whole process. The datasets library would instead retry
-    for about 24 s in every notebook before failing.
+    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are honoured on every call; otherwise one probe decides
+    for the whole process: the name, a TCP connection and an HTTPS request, each given at most
+    2 s (net.https_unreachable_reason). The datasets library would instead retry for about 24 s
+    in every notebook before failing.
     """
     global _hub_probe
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if _env_true(name):
             return f"{name}=1"
     if _hub_probe is None:
-        try:
-            with socket.create_connection((HUB_HOST, 443), timeout=2.0):
-                _hub_probe = True
-        except OSError:
-            _hub_probe = False
-    return None if _hub_probe else f"{HUB_HOST} is unreachable"
+        _hub_probe = (https_unreachable_reason(*_hub_address()),)
+    return _hub_probe[0]
 
 
 def hub_reachable() -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,7 @@ import torch
 
 from .config import cache_dir
 from .files import write_bytes
+from .net import https_unreachable_reason
 
 EOT_ID = 50256
 VOCAB_SIZE = 50257
@@ -52,17 +52,9 @@ def _write_ranks(data: bytes) -> None:
     write_bytes(ranks_path(), data)
 
 
-def _host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _ranks_from_tiktoken() -> bytes | None:
     """GPT-2's ranks through tiktoken's own download, re-encoded in the .tiktoken file format."""
-    if not _host_reachable(TIKTOKEN_HOST):
+    if https_unreachable_reason(TIKTOKEN_HOST) is not None:   # name, connection, HTTPS: 2 s each at most
         return None
     try:
         enc = tiktoken.get_encoding("gpt2")

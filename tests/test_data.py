@@ -168,16 +168,22 @@ def test_synthetic_corpus_is_cached(monkeypatch):
 def test_hub_probe_runs_once_per_process(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     calls = []
 
-    def refuse(address, timeout=None):
-        calls.append((address, timeout))
-        raise OSError("no network")
+    def no_dns(host, port, *args, **kwargs):
+        calls.append((host, port))
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    assert data.hub_offline_reason() == "huggingface.co is unreachable"
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    reason = "huggingface.co is unreachable: its name does not resolve (Name or service not known)"
+    assert data.hub_offline_reason() == reason
     assert not data.hub_reachable()
-    assert calls == [(("huggingface.co", 443), 2.0)]
+    assert calls == [("huggingface.co", 443)]
+    out = []
+    monkeypatch.setattr("builtins.print", out.append)
+    data.load_tinystories(5)                                  # the loader's line says why
+    assert f"(synthetic offline corpus; {reason})" in out[0]
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert data.hub_offline_reason() == "HF_DATASETS_OFFLINE=1"
 
