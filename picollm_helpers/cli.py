@@ -4,9 +4,21 @@
         --prompt "0 1 2 3 4" --block_size 32 --max_steps_per_epoch 10
 
 trains the k-gram MLP, the LSTM and the transformer in turn (choose with --models), prints
-their samples and writes under --output_dir, per model: loss_logs.json, generation_logs.json,
-checkpoint.pt and loss.png; for the transformer also attention.pt (its attention patterns on the
-prompt) and attention.png; and loss_comparison.png across models.
+their samples and writes under --output_dir, per model, in <output_dir>/<kind>/: loss_logs.json,
+generation_logs.json, checkpoint.pt and loss.png; for the transformer also attention.pt (its
+attention patterns on the prompt) and attention.png; and loss_comparison.png across models.
+
+Beside them, the files pico-llm itself writes, so a course's scripts that read them work as they are:
+
+    <output_dir>/loss_logs.json           {name: {"train": [[loss of each step] per epoch],
+                                                  "test": [[loss of each test batch] per epoch]}}
+    <output_dir>/generation_logs.json     {name: [{"greedy": text, "0.2": text, ...} per epoch]}
+    <output_dir>/<name>_final_weights.pt  the model's state_dict (torch.load(..., weights_only=True))
+    <output_dir>/<name>_attention.pt      the transformer's attention.pt, as above
+
+`name` is the model as --models named it: pico-llm's names (kgram_mlp_seq, lstm_seq,
+kvcache_transformer, the default) or the kit's (lstm, transformer). The two JSON files keep the
+entries of models an earlier run wrote; each model's entry is replaced when it trains again.
 
 The profile (--profile, else $PICOLLM_PROFILE, else laptop) sets the defaults; every flag given
 explicitly overrides it. The same command under torchrun trains with DistributedDataParallel:
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +38,11 @@ from pathlib import Path
 from .config import PROFILE_CAPS, PROFILES, RunConfig, current_profile, resolve_device
 from .errors import PicoLLMError
 
-MODEL_KINDS = ("kgram_mlp_seq", "lstm", "transformer")   # the order pico-llm trains them in
+MODEL_KINDS = ("kgram_mlp_seq", "lstm", "transformer")   # models.KINDS, in the order pico-llm trains them
+# pico-llm's own names for them: --models takes these too, and by default they name the models in
+# pico-llm's output files (so a course's scripts find loss_logs["lstm_seq"] where pico-llm put it).
+PICO_LLM_NAMES = {"kgram_mlp_seq": "kgram_mlp_seq", "lstm_seq": "lstm", "kvcache_transformer": "transformer"}
+MODEL_NAMES = {**{kind: kind for kind in MODEL_KINDS}, **PICO_LLM_NAMES}   # a name --models takes -> kind
 _D = {f: getattr(RunConfig, f) for f in RunConfig.__dataclass_fields__ if hasattr(RunConfig, f)}
 
 
@@ -70,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{name}", help=help, **kw)
 
     g = p.add_argument_group("run")
-    g.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
-                   help="which models to train, in this order (default: all three)")
+    g.add_argument("--models", nargs="+", choices=list(MODEL_NAMES), default=list(PICO_LLM_NAMES),
+                   help="which models to train, in this order: kgram_mlp_seq, lstm_seq (or lstm), "
+                        "kvcache_transformer (or transformer); pico-llm's files use the name given "
+                        "(default: all three, by pico-llm's names)")
     g.add_argument("--profile", choices=PROFILES,
                    help="smoke (seconds), laptop (minutes on a CPU) or full (the report's sizes, a GPU); "
                         "default: $PICOLLM_PROFILE or laptop")
@@ -114,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
          choices=("none", "learned", "sinusoidal", "rope"))
     flag(g, "use_position_emb", "learned absolute position embeddings (pico-llm's flag)", action="store_true")
     flag(g, "use_post_norm", "RMSNorm after each residual add (post-norm) instead of before (pre-norm)",
+         action="store_true")
+    flag(g, "embed_scale", "token embeddings at unit scale, N(0, 1/E) times sqrt(E), as in Vaswani et al.",
          action="store_true")
     flag(g, "dropout", "dropout probability", type=float)
 
@@ -164,21 +185,70 @@ def _print_samples(name: str, history, prompt: str) -> None:
         print(f"  {key:>12}: {text!r}")
 
 
-def _save_attention(model, tokenizer, cfg, run_dir: Path) -> None:
-    """The transformer's attention on the prompt: attention.pt and a heatmap of the last block's head 0."""
+def _check_models(names, parser) -> None:
+    """Each model once: `--models lstm lstm_seq` would train one model twice into the same folder."""
+    seen = {}
+    for name in names:
+        kind = MODEL_NAMES[name]
+        if kind in seen:
+            same = f"{seen[kind]} and {name} name the same model ({kind})" if seen[kind] != name else \
+                f"{name} is given twice"
+            parser.error(f"argument --models: {same}; give each model once.")
+        seen[kind] = name
+
+
+def _update_json(path: Path, name: str, entry) -> list[str]:
+    """Set {name: entry} in the JSON object at path, keeping the other models' entries; return its names."""
+    from .files import write_text
+
+    doc = {}
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = None
+        if not isinstance(doc, dict):
+            print(f"note: {path} did not hold a JSON object of models; writing it afresh")
+            doc = {}
+    doc[name] = entry
+    write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return list(doc)
+
+
+def _save_pico_llm_files(out: Path, name: str, model, history) -> None:
+    """pico-llm's own output files for one model (see the module docstring)."""
+    import torch
+
+    from .files import atomic_write
+
+    names = _update_json(out / "loss_logs.json", name, history.pico_llm_losses())
+    _update_json(out / "generation_logs.json", name, history.pico_llm_generations())
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}   # a plain state_dict
+    with atomic_write(out / f"{name}_final_weights.pt", "wb") as f:
+        torch.save(weights, f)
+    print(f"[{name}] pico-llm's files: {out / f'{name}_final_weights.pt'}; {out / 'loss_logs.json'} and "
+          f"{out / 'generation_logs.json'} (models: {', '.join(names)})")
+
+
+def _save_attention(model, tokenizer, cfg, paths: list[Path], run_dir: Path) -> None:
+    """The transformer's attention on the prompt, written to each of `paths` (one format:
+    {"prompt", "tokens", "attention": {"blocks.i.attn": (H, T, T)}}), and a heatmap of the last
+    block's head 0 in run_dir/attention.png."""
     import torch
 
     from .files import atomic_write
     from .interp import attention_patterns
     from .plots import plot_attention
 
+    device = next(model.parameters()).device
     ids = tokenizer.encode_ordinary(cfg.prompt)[-cfg.block_size:]
-    attn = attention_patterns(model, torch.tensor([ids]))  # {"blocks.i.attn": (1, H, T, T)}, eval, no grad
+    attn = attention_patterns(model, torch.tensor([ids], device=device))  # {"blocks.i.attn": (1, H, T, T)}
     tokens = [tokenizer.decode([i]) for i in ids]
     doc = {"prompt": cfg.prompt, "tokens": tokens,
            "attention": {name: a[0].float().cpu() for name, a in attn.items()}}   # name -> (H, T, T)
-    with atomic_write(run_dir / "attention.pt", "wb") as f:
-        torch.save(doc, f)
+    for path in paths:
+        with atomic_write(path, "wb") as f:
+            torch.save(doc, f)
     last = list(doc["attention"])[-1]
     plot_attention(doc["attention"][last][0], tokens, title=f"{last}, head 0: attention on the prompt",
                    path=run_dir / "attention.png")
@@ -187,6 +257,7 @@ def _save_attention(model, tokenizer, cfg, run_dir: Path) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_models(args.models, parser)
     cfg = config_from_args(args, parser)
     try:
         return _main(cfg, args)
@@ -214,7 +285,7 @@ def _main(cfg: RunConfig, args) -> int:
     return 0
 
 
-def _run(cfg: RunConfig, kinds, resume: bool, dist, force: bool = False) -> None:
+def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False) -> None:
     import torch
 
     from .batching import make_datasets
@@ -230,24 +301,28 @@ def _run(cfg: RunConfig, kinds, resume: bool, dist, force: bool = False) -> None
     tokenizer = train_ds.tokenizer          # GPT-2, or its compact form with cfg.compact_vocab
     out = Path(cfg.output_dir)
     histories = {}
-    for kind in kinds:
+    for name in names:
+        kind = MODEL_NAMES[name]
         torch.manual_seed(cfg.seed)
         model = build_model(kind, cfg, vocab_size=train_ds.vocab_size)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"\n=== Training model: {kind} ({n_params:,} parameters) ===")
+        also = f"the kit's {kind}, " if name != kind else ""
+        print(f"\n=== Training model: {name} ({also}{n_params:,} parameters) ===")
         ckpt = out / kind / "checkpoint.pt"
         if resume and not ckpt.exists():
             print(f"[{kind}] --resume: no checkpoint at {ckpt}; starting fresh")
         history = train(model, cfg, train_ds, test_ds, tokenizer, name=kind, force_resume=force,
                         resume_from=ckpt if resume and ckpt.exists() else None)
-        histories[kind] = history
+        histories[name] = history
         if dist.is_main:
             from .plots import plot_history  # matplotlib and seaborn load in rank 0 only
             _print_samples(kind, history, cfg.prompt)
             plot_history(history, path=out / kind / "loss.png")
             if kind == "transformer":
-                _save_attention(model, tokenizer, cfg, out / kind)
+                _save_attention(model, tokenizer, cfg, [out / kind / "attention.pt", out / f"{name}_attention.pt"],
+                                out / kind)
             print(f"[{kind}] outputs in {out / kind}")
+            _save_pico_llm_files(out, name, model, history)
     if dist.is_main and len(histories) > 1:
         from .plots import plot_runs
         plot_runs(histories, metric="train", path=out / "loss_comparison.png",

@@ -4,15 +4,19 @@ Each run folder `<cfg.output_dir>/<name>/` holds:
 
   loss_logs.json        {"format": "picollm.loss_logs/1", "name", "kind", "config": {...RunConfig},
                          "train": {"step": [1, 2, ...], "loss": [...]},          one entry per optimizer step
-                         "test":  {"epoch": [1, ...], "step": [...], "loss": [...]}, one per epoch, full test set
+                         "test":  {"epoch": [1, ...], "step": [...], "loss": [...], one per epoch, full test set
+                                   "batch_loss": [[...], ...]},        per epoch, the loss of each test batch
+                         "epochs": {"epoch": [1, ...], "end_step": [...]},   the last step of each epoch
                          "final_train_loss", "final_test_loss",
                          "wall_time_s", "train_time_s", "tokens_seen", "tokens_per_second", "extra": {...}}
   generation_logs.json  {"format": "picollm.generation_logs/1", "name", "prompt", "max_new_tokens",
                          "epochs": [{"epoch": 1, "samples": {"greedy": "...", "top_p=0.2": "...", ...}}, ...]}
 
-(checkpoint.pt beside them is described in checkpoint.py.) Losses are mean cross-entropy in nats
-per non-padding target token; `tokens_per_second` counts non-padding tokens over the time spent in
-optimizer steps (evaluation and sampling excluded).
+(checkpoint.pt beside them is described in checkpoint.py.) The command line also writes the
+same runs in pico-llm's own files (pico_llm_losses, pico_llm_generations; see cli.py). Losses are
+mean cross-entropy in nats per non-padding target token (a batch loss: over that batch's tokens);
+`tokens_per_second` counts non-padding tokens over the time spent in optimizer steps (evaluation
+and sampling excluded).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class History:
     config: dict = field(default_factory=dict)
     train_loss: list = field(default_factory=list)   # [(global_step, loss)] one per optimizer step
     test_loss: list = field(default_factory=list)    # [(epoch, global_step, loss)] one per epoch
+    test_batch_losses: dict = field(default_factory=dict)  # {epoch: [loss of each test batch, in order]}
+    epoch_ends: list = field(default_factory=list)   # [(epoch, global_step of its last step)]
     generations: dict = field(default_factory=dict)  # {epoch: {"greedy": text, "top_p=0.2": text, ...}}
     wall_time: float = 0.0                           # seconds, whole run including eval and sampling
     train_time: float = 0.0                          # seconds spent in optimizer steps
@@ -67,15 +73,21 @@ class History:
         return {"name": self.name, "kind": self.kind, "config": plain(self.config),
                 "train_loss": [[int(s), float(l)] for s, l in self.train_loss],
                 "test_loss": [[int(e), int(s), float(l)] for e, s, l in self.test_loss],
+                "test_batch_losses": {str(e): [float(l) for l in ls] for e, ls in self.test_batch_losses.items()},
+                "epoch_ends": [[int(e), int(s)] for e, s in self.epoch_ends],
                 "generations": {str(e): dict(g) for e, g in self.generations.items()},
                 "wall_time": float(self.wall_time), "train_time": float(self.train_time),
                 "tokens_seen": int(self.tokens_seen), "extra": plain(self.extra)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
+        test_loss = [(int(e), int(s), float(l)) for e, s, l in d.get("test_loss", [])]
         return cls(name=d.get("name", ""), kind=d.get("kind"), config=dict(d.get("config", {})),
                    train_loss=[(int(s), float(l)) for s, l in d.get("train_loss", [])],
-                   test_loss=[(int(e), int(s), float(l)) for e, s, l in d.get("test_loss", [])],
+                   test_loss=test_loss,
+                   test_batch_losses={int(e): [float(l) for l in ls]
+                                      for e, ls in d.get("test_batch_losses", {}).items()},
+                   epoch_ends=_epoch_ends(d.get("epoch_ends"), test_loss),
                    generations={int(e): dict(g) for e, g in d.get("generations", {}).items()},
                    wall_time=float(d.get("wall_time", 0.0)), train_time=float(d.get("train_time", 0.0)),
                    tokens_seen=int(d.get("tokens_seen", 0)), extra=dict(d.get("extra", {})))
@@ -88,7 +100,10 @@ class History:
                           "loss": [float(l) for _, l in self.train_loss]},
                 "test": {"epoch": [int(e) for e, _, _ in self.test_loss],
                          "step": [int(s) for _, s, _ in self.test_loss],
-                         "loss": [float(l) for _, _, l in self.test_loss]},
+                         "loss": [float(l) for _, _, l in self.test_loss],
+                         "batch_loss": [list(self.test_batch_losses.get(e, [])) for e, _, _ in self.test_loss]},
+                "epochs": {"epoch": [int(e) for e, _ in self.epoch_ends],
+                           "end_step": [int(s) for _, s in self.epoch_ends]},
                 "final_train_loss": _json_float(self.final_train_loss),
                 "final_test_loss": _json_float(self.final_test_loss),
                 "wall_time_s": self.wall_time, "train_time_s": self.train_time,
@@ -101,6 +116,22 @@ class History:
                 "prompt": self.config.get("prompt"), "max_new_tokens": self.config.get("max_new_tokens"),
                 "epochs": [{"epoch": e, "samples": dict(self.generations[e])}
                            for e in sorted(self.generations)]}
+
+    def pico_llm_losses(self) -> dict:
+        """This run's entry in pico-llm's loss_logs.json: {"train": [[loss of each step] per epoch],
+        "test": [[loss of each test batch] per epoch]} ("test" is [] without a test set)."""
+        train, prev = [], 0
+        for _, end in self.epoch_ends:
+            train.append([float(l) for s, l in self.train_loss if prev < s <= end])
+            prev = end
+        test = [[float(l) for l in self.test_batch_losses.get(e, [])] for e, _, _ in self.test_loss]
+        return {"train": train, "test": test}
+
+    def pico_llm_generations(self) -> list[dict]:
+        """This run's entry in pico-llm's generation_logs.json: per epoch, {"greedy": text, "0.2": text,
+        ...}, one key per top-p value sampled (pico-llm's keys: the p values themselves)."""
+        return [{key.removeprefix("top_p="): text for key, text in self.generations[e].items()}
+                for e in sorted(self.generations)]
 
     def save(self, run_dir) -> None:
         """Write loss_logs.json and generation_logs.json into run_dir (atomically)."""
@@ -119,9 +150,14 @@ class History:
             raise MissingFileError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
                                     f"(<output_dir>/<name>)")
         logs = json.loads(path.read_text(encoding="utf-8"))
+        test = logs["test"]
+        test_loss = list(zip(test["epoch"], test["step"], test["loss"]))
+        epochs = logs.get("epochs")
         h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),
                 train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
-                test_loss=list(zip(logs["test"]["epoch"], logs["test"]["step"], logs["test"]["loss"])),
+                test_loss=test_loss,
+                test_batch_losses={e: ls for e, ls in zip(test["epoch"], test.get("batch_loss", [])) if ls},
+                epoch_ends=_epoch_ends(epochs and list(zip(epochs["epoch"], epochs["end_step"])), test_loss),
                 wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
                 tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
         gen_path = run_dir / "generation_logs.json"
@@ -129,6 +165,13 @@ class History:
             gens = json.loads(gen_path.read_text(encoding="utf-8"))
             h.generations = {int(g["epoch"]): dict(g["samples"]) for g in gens.get("epochs", [])}
         return h
+
+
+def _epoch_ends(recorded, test_loss) -> list[tuple[int, int]]:
+    """The recorded epoch ends; logs written before they were recorded have them in the test losses."""
+    if recorded is None:
+        return [(int(e), int(s)) for e, s, _ in test_loss]
+    return [(int(e), int(s)) for e, s in recorded]
 
 
 def _json_float(x: float):

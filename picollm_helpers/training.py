@@ -108,11 +108,12 @@ def _compile_or_eager(fn, name: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test_ds, cfg) -> float:
+def evaluate(model: nn.Module, test_ds, cfg, batch_losses: list | None = None) -> float:
     """Token-weighted mean CE over every non-padding target of test_ds, in its fixed order.
 
     Deterministic: the same weights give the same number. Under torchrun the batches are split
-    across ranks and the sums added, so every rank returns the same value.
+    across ranks and the sums added, so every rank returns the same value. batch_losses: a list
+    to which the mean loss of each test batch (cfg.batch_size examples, in order) is appended.
     """
     if test_ds is None or len(test_ds) == 0:
         raise ValueError("the test set is empty: set test_fraction > 0 (e.g. 0.1) to hold out test data")
@@ -122,8 +123,8 @@ def evaluate(model: nn.Module, test_ds, cfg) -> float:
     model.eval()
     chunk = cfg.loss_chunk_size
     pad_id = _pad_id(test_ds)
-    loss_total, count = 0.0, 0                                          # python floats: float64 sums
     starts = range(0, len(test_ds), cfg.batch_size)
+    sums, counts = [0.0] * len(starts), [0] * len(starts)              # per batch; python floats: float64
     for b, start in enumerate(starts):
         if b % dist.world_size != dist.rank:
             continue
@@ -131,14 +132,15 @@ def evaluate(model: nn.Module, test_ds, cfg) -> float:
         x, y = collate_batch([test_ds[i] for i in range(start, stop)], pad_id=pad_id)
         x, y = x.to(device), y.to(device)
         with autocast(device, cfg):
-            batch_loss = loss_sum(model, x, y, chunk)
-        loss_total += batch_loss.item()
-        count += int((y != IGNORE_INDEX).sum())
-    if dist.enabled:
-        total = distributed.all_reduce_sum(torch.tensor([loss_total, count], dtype=torch.float64, device=device))
-        loss_total, count = total.tolist()
+            sums[b] = loss_sum(model, x, y, chunk).item()
+        counts[b] = int((y != IGNORE_INDEX).sum())
+    if dist.enabled:   # each rank filled its own batches: adding the lists completes them
+        total = distributed.all_reduce_sum(torch.tensor([sums, counts], dtype=torch.float64, device=device))
+        sums, counts = total.tolist()
     model.train(was_training)
-    return loss_total / max(count, 1)
+    if batch_losses is not None:
+        batch_losses.extend(s / max(c, 1) for s, c in zip(sums, counts))
+    return sum(sums) / max(sum(counts), 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,9 +404,12 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         bar.close()
 
         msg = f"[{name}] epoch {epoch}/{cfg.epochs}: train loss {sum(epoch_losses) / len(epoch_losses):.4f}"
+        history.epoch_ends.append((epoch, global_step))
         if has_test:
-            test = evaluate(model, test_ds, cfg)
+            batch_losses = []
+            test = evaluate(model, test_ds, cfg, batch_losses)
             history.test_loss.append((epoch, global_step, test))
+            history.test_batch_losses[epoch] = batch_losses
             msg += f", test loss {test:.4f}"
         if tokenizer is not None and main:
             history.generations[epoch] = _generate_samples(model, tokenizer, cfg, epoch)

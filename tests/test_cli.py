@@ -63,6 +63,8 @@ def test_help_lists_every_flag(capsys):
     (["--block_size", "ten"], "argument --block_size: invalid int value: 'ten'"),
     (["--block_size", "1"], "block_size=1"),
     (["--models", "gpt"], "argument --models: invalid choice: 'gpt'"),
+    (["--models", "lstm", "lstm_seq"], "argument --models: lstm and lstm_seq name the same model (lstm)"),
+    (["--models", "kvcache_transformer", "kvcache_transformer"], "kvcache_transformer is given twice"),
     (["--tinystories_weight", "0"], "input_files"),
     (["--top_p_values", "0", "0.5"], "top-p must lie in (0, 1]"),
 ])
@@ -117,8 +119,8 @@ def test_course_smoke_command_end_to_end(tmp_path):
     env = offline_env(tmp_path)
     r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    for kind in ("kgram_mlp_seq", "lstm", "transformer"):
-        assert f"=== Training model: {kind}" in r.stdout
+    for name, kind in cli.PICO_LLM_NAMES.items():          # by default, pico-llm's names
+        assert f"=== Training model: {name}" in r.stdout
         run = out / kind
         logs = json.loads((run / "loss_logs.json").read_text())
         assert logs["config"]["profile"] == "smoke" and logs["config"]["block_size"] == 32
@@ -135,11 +137,41 @@ def test_course_smoke_command_end_to_end(tmp_path):
     assert (out / "loss_comparison.png").exists() and (out / "transformer" / "attention.png").exists()
     assert "greedy" in r.stdout and "top_p=0.95" in r.stdout
     assert not list(out.rglob("*.tmp")) and not (tmp_path / "figures").exists()
+    check_pico_llm_files(out, {"kgram_mlp_seq": 0, "lstm_seq": 0, "kvcache_transformer": 2}, epochs=2, steps=10)
 
     # --resume continues from the checkpoints: nothing left to train, the logs are kept (in-process: quicker)
     log = run_in_process(cmd[3:] + ["--resume", "--models", "lstm"], work, env)
     assert "[lstm] resumed from" in log and "=== Training model: kgram_mlp_seq" not in log
     assert json.loads((out / "lstm" / "loss_logs.json").read_text())["train"]["step"] == list(range(1, 21))
+
+
+def check_pico_llm_files(out, heads: dict, epochs: int, steps: int, top_p=(0.2, 0.5, 0.75, 0.95, 1.0)):
+    """pico-llm's own files in `out` for the models named in `heads` ({name: attention heads, 0: none})."""
+    losses = json.loads((out / "loss_logs.json").read_text())
+    gens = json.loads((out / "generation_logs.json").read_text())
+    assert list(losses) == list(gens) == list(heads)
+    for name, n_heads in heads.items():
+        kind = cli.MODEL_NAMES[name]
+        kit = json.loads((out / kind / "loss_logs.json").read_text())
+        train, test = losses[name]["train"], losses[name]["test"]
+        assert len(train) == epochs and all(len(epoch) == steps for epoch in train)
+        assert [loss for epoch in train for loss in epoch] == kit["train"]["loss"]     # every step, per epoch
+        assert len(test) == epochs and all(len(epoch) >= 1 for epoch in test)
+        assert test == kit["test"]["batch_loss"]                                       # each test batch
+        assert gens[name][-1]["greedy"].startswith("0 1 2 3 4") and len(gens[name]) == epochs
+        assert all(list(g) == ["greedy", *map(str, top_p)] for g in gens[name])
+        weights = torch.load(out / f"{name}_final_weights.pt", weights_only=True)
+        ckpt = torch.load(out / kind / "checkpoint.pt", weights_only=True)
+        assert weights.keys() == ckpt["model_state"].keys()
+        assert all(torch.equal(weights[k], ckpt["model_state"][k]) for k in weights)    # the final model
+        attn_path = out / f"{name}_attention.pt"
+        assert attn_path.exists() == (n_heads > 0)
+        if n_heads:   # the same document as <kind>/attention.pt
+            attn = torch.load(attn_path, weights_only=True)
+            kit_attn = torch.load(out / kind / "attention.pt", weights_only=True)
+            assert attn["tokens"] == kit_attn["tokens"] and attn["attention"].keys() == kit_attn["attention"].keys()
+            assert all(a.shape[0] == n_heads and torch.equal(a, kit_attn["attention"][k])
+                       for k, a in attn["attention"].items())
 
 
 def run_in_process(argv, work, env):
@@ -222,3 +254,19 @@ def test_no_traceback_in_a_real_process_and_debug_shows_it(course):
     assert r.returncode == 1 and "no file 'data/missing.txt'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(cmd + ["--debug"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr and "MissingFileError" in r.stderr
+
+
+def test_pico_llm_names_name_the_models_in_pico_llm_files(course, capsys):
+    work, env, argv = course
+    argv = [a for a in argv if a not in ("--models", "lstm")]
+    code, out, err = run_cli(argv + ["--models", "kvcache_transformer", "lstm"], work, env, capsys)
+    assert code == 0, err
+    assert "=== Training model: kvcache_transformer (the kit's transformer, " in out
+    assert "=== Training model: lstm (" in out
+    check_pico_llm_files(work / "out", {"kvcache_transformer": 2, "lstm": 0}, epochs=2, steps=2)
+    # another run of one model replaces its entries and keeps the others'
+    code, out, err = run_cli(argv + ["--models", "lstm_seq", "--epochs", "1"], work, env, capsys)
+    assert code == 0, err
+    losses = json.loads((work / "out" / "loss_logs.json").read_text())
+    assert list(losses) == ["kvcache_transformer", "lstm", "lstm_seq"] and len(losses["lstm_seq"]["train"]) == 1
+    assert "(models: kvcache_transformer, lstm, lstm_seq)" in out

@@ -31,6 +31,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # each rank computes half of every global batch of 8; the gradients are those of the whole batch
     assert b["train"]["loss"] == pytest.approx(a["train"]["loss"], rel=1e-4)
     assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+    for per_batch_a, per_batch_b in zip(a["test"]["batch_loss"], b["test"]["batch_loss"], strict=True):
+        assert per_batch_b == pytest.approx(per_batch_a, rel=1e-4)    # each rank's batches, gathered
     assert a["train"]["loss"][-1] < a["train"]["loss"][0] - 0.3
 
     # only rank 0 prints and writes: one log, one set of files
@@ -38,6 +40,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert ddp.stdout.count("=== Training model: transformer") == 1
     assert ddp.stdout.count("epoch 2/2: train loss") == 1
     files = sorted(p.relative_to(work / "ddp").as_posix() for p in (work / "ddp").rglob("*"))
-    assert files == ["transformer", "transformer/attention.png", "transformer/attention.pt",
+    assert files == ["generation_logs.json", "loss_logs.json",                  # pico-llm's files
+                     "transformer", "transformer/attention.png", "transformer/attention.pt",
                      "transformer/checkpoint.pt", "transformer/generation_logs.json",
-                     "transformer/loss.png", "transformer/loss_logs.json"]
+                     "transformer/loss.png", "transformer/loss_logs.json",
+                     "transformer_attention.pt", "transformer_final_weights.pt"]

@@ -99,6 +99,20 @@ def test_evaluate_masks_padding_over_full_test_set(tmp_path, data):
         tr.evaluate(model, [], cfg)
 
 
+def test_evaluate_gives_the_loss_of_each_test_batch(tmp_path, data):
+    _, test_ds = data                                  # 40 examples
+    cfg = tiny_cfg(tmp_path, batch_size=16)            # test batches of 16, 16 and 8
+    model = make("lstm", cfg).eval()
+    batches = []
+    mean = tr.evaluate(model, test_ds, cfg, batch_losses=batches)
+    assert len(batches) == 3 and mean == tr.evaluate(model, test_ds, cfg)   # asking for them changes nothing
+    with torch.no_grad():
+        for b, start in enumerate(range(0, len(test_ds), 16)):
+            seqs = [test_ds[i] for i in range(start, min(start + 16, len(test_ds)))]
+            total = sum(F.cross_entropy(model(s[None, :-1])[0], s[1:], reduction="sum").item() for s in seqs)
+            assert batches[b] == pytest.approx(total / sum(len(s) - 1 for s in seqs), rel=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp_seq", "tied"])
 def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path, kind):
     cfg = tiny_cfg(tmp_path)
@@ -235,7 +249,10 @@ def test_logs_have_documented_structure(tmp_path, data, tok):
     logs = json.loads((run / "loss_logs.json").read_text())
     assert logs["format"] == "picollm.loss_logs/1" and logs["name"] == "kgram" and logs["kind"] == "kgram_mlp_seq"
     assert logs["train"]["step"] == [1, 2, 3, 4, 5, 6] and len(logs["train"]["loss"]) == 6
-    assert logs["test"] == {"epoch": [1, 2], "step": [3, 6], "loss": [l for _, _, l in h.test_loss]}
+    assert logs["test"] == {"epoch": [1, 2], "step": [3, 6], "loss": [l for _, _, l in h.test_loss],
+                            "batch_loss": [h.test_batch_losses[1], h.test_batch_losses[2]]}
+    assert len(h.test_batch_losses[1]) == math.ceil(len(test_ds) / cfg.batch_size)
+    assert logs["epochs"] == {"epoch": [1, 2], "end_step": [3, 6]} and h.epoch_ends == [(1, 3), (2, 6)]
     assert logs["config"] == cfg.to_dict()
     assert logs["final_test_loss"] == h.final_test_loss and logs["tokens_per_second"] > 0
     gens = json.loads((run / "generation_logs.json").read_text())
@@ -244,8 +261,17 @@ def test_logs_have_documented_structure(tmp_path, data, tok):
     assert list(gens["epochs"][1]["samples"]) == ["greedy", "top_p=0.5", "top_p=1.0"]
     back = history.History.load(run)
     assert back.train_loss == h.train_loss and back.test_loss == h.test_loss
+    assert back.test_batch_losses == h.test_batch_losses and back.epoch_ends == h.epoch_ends
+    # pico-llm's layout of the same run: per epoch, each step's loss and each test batch's loss
+    pico = h.pico_llm_losses()
+    assert pico["train"] == [[l for _, l in h.train_loss[:3]], [l for _, l in h.train_loss[3:]]]
+    assert pico["test"] == [h.test_batch_losses[1], h.test_batch_losses[2]]
+    assert h.pico_llm_generations()[1] == {"greedy": h.generations[2]["greedy"],
+                                           "0.5": h.generations[2]["top_p=0.5"], "1.0": h.generations[2]["top_p=1.0"]}
     assert back.generations == h.generations
     assert history.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+    older = {k: v for k, v in h.to_dict().items() if k not in ("epoch_ends", "test_batch_losses")}
+    assert history.History.from_dict(older).epoch_ends == h.epoch_ends   # logs from before epoch ends were kept
 
 
 def test_checkpoint_round_trip(tmp_path, data):
@@ -290,6 +316,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, data):
     for (_, a), (_, b) in zip(full.train_loss, resumed.train_loss):
         assert a == pytest.approx(b, rel=1e-5)
     assert [l for *_, l in resumed.test_loss] == pytest.approx([l for *_, l in full.test_loss], rel=1e-5)
+    assert resumed.epoch_ends == full.epoch_ends == [(1, 3), (2, 6)]              # the epoch kept from before
+    assert [len(e) for e in resumed.pico_llm_losses()["test"]] == [len(e) for e in full.pico_llm_losses()["test"]]
     for p, q in zip(full_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
@@ -361,6 +389,7 @@ def test_step_callback_records_grad_norms_by_layer(tmp_path, data):
     assert {"blocks.0", "blocks.1", "lm_head"} <= set(recs[0])
     assert all(v > 0 and math.isfinite(v) for k, v in recs[0].items() if k != "step")
     assert h.test_loss == [] and math.isnan(h.final_test_loss)
+    assert h.pico_llm_losses() == {"train": [[l for _, l in h.train_loss]], "test": []}   # no test set
 
 
 def test_learning_rate_schedule(tmp_path):
