@@ -198,6 +198,35 @@ def cache_forgets_past(attn, x_new, past_k, past_v):
     return attn.proj(y.transpose(1, 2).reshape(B, T, C)), torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
 
 
+def ngram_share_joined_reference(samples, reference, n):
+    stream = [t for ex in reference for t in ex]  # joined: n-grams that span two examples count too
+    found = {tuple(stream[i:i + n]) for i in range(len(stream) - n + 1)}
+    grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
+    return sum(g in found for g in grams) / max(1, len(grams))
+
+
+def ngram_share_unique(samples, reference, n):
+    found = {tuple(ex[i:i + n]) for ex in reference for i in range(len(ex) - n + 1)}
+    grams = {tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)}  # repeats counted once
+    return sum(g in found for g in grams) / max(1, len(grams))
+
+
+def ngram_share_mean_of_samples(samples, reference, n):
+    found = {tuple(ex[i:i + n]) for ex in reference for i in range(len(ex) - n + 1)}
+    shares = []
+    for s in samples:  # a mean of per-sample shares weighs a short sample like a long one
+        grams = [tuple(s[i:i + n]) for i in range(len(s) - n + 1)]
+        if grams:
+            shares.append(sum(g in found for g in grams) / len(grams))
+    return sum(shares) / max(1, len(shares))
+
+
+def ngram_share_misses_last(samples, reference, n):
+    found = {tuple(ex[i:i + n]) for ex in reference for i in range(len(ex) - n + 1)}
+    grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n)]  # off by one: the last is lost
+    return sum(g in found for g in grams) / max(1, len(grams))
+
+
 WRONG = {
     "top_p_filter": [top_p_without_crossing_token, top_p_forgets_to_unsort],
     "top_k_filter": [top_k_strict, top_k_flat],
@@ -209,6 +238,8 @@ WRONG = {
     "causal_self_attention": [AttentionHeadsMixedUp, AttentionNoProj, AttentionRenamed],
     "transformer_block": [BlockAlwaysPreNorm, BlockNoResidual],
     "kv_cache_step": [cache_without_mask, cache_mask_top_left, cache_forgets_past],
+    "ngram_share": [ngram_share_joined_reference, ngram_share_unique, ngram_share_mean_of_samples,
+                    ngram_share_misses_last],
 }
 
 

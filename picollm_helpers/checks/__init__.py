@@ -15,6 +15,7 @@ overfitting (05), positions (06), interp (07), norms (08).
 from ._core import Case, Check, Verdict
 from .embedding import check_one_hot_embedding, check_training_step
 from .kgram import check_kgram_logits
+from .overfitting import check_ngram_share
 from .sampling import check_top_k_filter, check_top_p_filter
 from .transformer import (
     check_attention_head,
@@ -29,6 +30,7 @@ CHECKS = {c.name: c for c in (
     check_kgram_logits,
     check_top_p_filter, check_top_k_filter,
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
+    check_ngram_share,
 )}
 
 __all__ = ["CHECKS", "Case", "Check", "Verdict", *(f"check_{name}" for name in CHECKS)]
