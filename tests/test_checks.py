@@ -227,6 +227,22 @@ def ngram_share_misses_last(samples, reference, n):
     return sum(g in found for g in grams) / max(1, len(grams))
 
 
+def prev_score_includes_query_0(pattern):
+    T = pattern.size(-1)
+    q = torch.arange(T)
+    return pattern[..., q, (q - 1).clamp(min=0)].mean(dim=(0, 2))  # query 0 counted, reading itself
+
+
+def prev_score_reads_self(pattern):
+    q = torch.arange(1, pattern.size(-1))
+    return pattern[..., q, q].mean(dim=(0, 2))  # the diagonal, not the key before
+
+
+def prev_score_wrong_axis(pattern):
+    q = torch.arange(1, pattern.size(-1))
+    return pattern[..., q - 1, q].mean(dim=(0, 2))  # query and key swapped: above the diagonal, always 0
+
+
 WRONG = {
     "top_p_filter": [top_p_without_crossing_token, top_p_forgets_to_unsort],
     "top_k_filter": [top_k_strict, top_k_flat],
@@ -238,6 +254,7 @@ WRONG = {
     "causal_self_attention": [AttentionHeadsMixedUp, AttentionNoProj, AttentionRenamed],
     "transformer_block": [BlockAlwaysPreNorm, BlockNoResidual],
     "kv_cache_step": [cache_without_mask, cache_mask_top_left, cache_forgets_past],
+    "previous_token_score": [prev_score_includes_query_0, prev_score_reads_self, prev_score_wrong_axis],
     "ngram_share": [ngram_share_joined_reference, ngram_share_unique, ngram_share_mean_of_samples,
                     ngram_share_misses_last],
 }

@@ -14,6 +14,7 @@ overfitting (05), positions (06), interp (07), norms (08).
 
 from ._core import Case, Check, Verdict
 from .embedding import check_one_hot_embedding, check_training_step
+from .interp import check_previous_token_score
 from .kgram import check_kgram_logits
 from .overfitting import check_ngram_share
 from .sampling import check_top_k_filter, check_top_p_filter
@@ -31,6 +32,7 @@ CHECKS = {c.name: c for c in (
     check_top_p_filter, check_top_k_filter,
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share,
+    check_previous_token_score,
 )}
 
 __all__ = ["CHECKS", "Case", "Check", "Verdict", *(f"check_{name}" for name in CHECKS)]
