@@ -37,7 +37,9 @@ _FLOATS = ("tinystories_weight", "wiki_weight", "test_fraction", "dropout", "lea
 _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram_k", "kgram_chunk_size",
          "num_inner_mlp_layers", "lstm_layers", "n_heads", "n_blocks", "epochs", "batch_size", "warmup_steps",
          "loss_chunk_size", "max_new_tokens", "seed")
-_BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "compile")
+_BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
+# Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
+_LATER_FIELDS = ("embed_scale",)
 # Targets with this value are skipped by the loss (padding): F.cross_entropy's default ignore_index.
 IGNORE_INDEX = -100
 
@@ -121,6 +123,7 @@ class RunConfig:
     pos_emb: str = ""  # "" -> "learned" if use_position_emb else "none"
     use_position_emb: bool = False
     use_post_norm: bool = False
+    embed_scale: bool = False  # token embeddings at unit scale: N(0, 1/E) times sqrt(E) (Vaswani et al.)
     dropout: float = 0.0
     # training
     epochs: int = 3
@@ -292,6 +295,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         del d["_report"]
+        # Settings added after the model cache and checkpoints existed appear only when switched on,
+        # so every configuration that does not use them keeps its dictionary, and its cache key.
+        for name in _LATER_FIELDS:
+            if d[name] == getattr(RunConfig, name):
+                del d[name]
         d["input_files"] = list(self.input_files)
         d["top_p_values"] = list(self.top_p_values)
         return d

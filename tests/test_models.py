@@ -224,6 +224,38 @@ def test_sinusoidal_embedding_formula():
     assert math.isclose(pe[p, 2 * i + 1], math.cos(p / 10000 ** (2 * i / 16)), abs_tol=1e-12)
 
 
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_embed_scale_puts_tokens_at_the_sinusoids_scale(pos_emb):
+    from picollm_helpers.config import RunConfig
+    from picollm_helpers.interp import run_with_cache
+
+    E = 64
+    torch.manual_seed(0)
+    plain = TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb)
+    torch.manual_seed(0)
+    scaled = TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb, embed_scale=True)
+    # the token signal: rows at std 1/sqrt(E), times sqrt(E) -> per-coordinate RMS ~1 (a sinusoid's is 1/sqrt(2))
+    assert abs(scaled.wte.weight.std().item() - E ** -0.5) < 0.01 and abs(plain.wte.weight.std().item() - 0.02) < 0.002
+    idx = torch.randint(0, V, (2, 10))
+    _, cache = run_with_cache(scaled, idx, names=["hook_embed"])
+    pos = torch.arange(10)
+    expected = scaled.wte(idx) * math.sqrt(E)
+    if pos_emb == "learned":
+        expected = expected + scaled.wpe(pos)
+    elif pos_emb == "sinusoidal":
+        expected = expected + sinusoidal_embedding(pos, E).float()
+    torch.testing.assert_close(cache["hook_embed"], expected)
+    assert 0.8 < (scaled.wte(idx) * math.sqrt(E)).pow(2).mean().sqrt().item() < 1.2
+    # Off by default: the same model, the same config dictionary (so model-cache keys do not change).
+    cfg = RunConfig(embed_size=E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb)
+    assert "embed_scale" not in cfg.to_dict() and not build_model("transformer", cfg, V).embed_scale
+    on = cfg.replace(embed_scale=True)
+    assert on.to_dict()["embed_scale"] is True and RunConfig.from_dict(on.to_dict()) == on
+    built = build_model("transformer", on, V)
+    assert built.embed_scale and "embed_scale=True" in repr(built)
+    assert "embed_scale" not in repr(plain)
+
+
 def reference_transformer(m, idx):
     """The transformer written out with plain tensor ops (learned positions)."""
     def rms(x, w):

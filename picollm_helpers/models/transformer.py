@@ -293,10 +293,17 @@ class TransformerModel(nn.Module):
     unnormalized through the blocks, while in post-norm mode the last block already ends in a norm
     (so hook_final equals the last block's hook_resid_post there).
     Linear layers have no bias (as in LLaMA); tie_weights shares lm_head.weight with wte.weight.
+
+    embed_scale=True puts the token embeddings at the scale of the sinusoids, as the original
+    Transformer does (Vaswani et al. 2017, section 3.4): wte is initialised N(0, 1/E) and its rows are
+    multiplied by sqrt(E), so each coordinate of a token's vector has standard deviation 1 (a sine or
+    cosine has RMS 1/sqrt(2)). With the default (GPT-2's N(0, 0.02), no multiplier) an added sinusoid
+    is ~35x the token signal at E=64, and the model first has to grow its token embeddings to be
+    heard. The rule is the same for every pos_emb, so a comparison that uses it is like for like.
     """
 
     def __init__(self, vocab_size, embed_size, n_heads, n_blocks, block_size, pos_emb="none",
-                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False):
+                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False, embed_scale=False):
         super().__init__()
         if pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb={pos_emb!r} is not known: use one of {', '.join(POS_EMBS)}")
@@ -310,6 +317,8 @@ class TransformerModel(nn.Module):
         self.n_blocks, self.block_size, self.pos_emb = n_blocks, block_size, pos_emb
         self.use_post_norm = use_post_norm
         self.head_dim = embed_size // n_heads
+        self.embed_scale = embed_scale
+        self.embed_mult = math.sqrt(embed_size) if embed_scale else 1.0  # what wte's rows are multiplied by
 
         self.wte = nn.Embedding(vocab_size, embed_size)
         self.wpe = nn.Embedding(block_size, embed_size) if pos_emb == "learned" else None
@@ -329,6 +338,11 @@ class TransformerModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_blocks))
+        if embed_scale and not tie_weights:  # (tied, wte is lm_head's weight too: keep its init)
+            nn.init.normal_(self.wte.weight, mean=0.0, std=embed_size ** -0.5)
+
+    def extra_repr(self):
+        return "embed_scale=True" if self.embed_scale else ""
 
     @staticmethod
     def _init_weights(m):
@@ -345,6 +359,8 @@ class TransformerModel(nn.Module):
                              f"{self.block_size} tokens")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,) absolute positions
         x = self.wte(idx)  # (B, T, E)
+        if self.embed_scale:
+            x = x * self.embed_mult
         if self.pos_emb == "learned":
             x = x + self.wpe(pos)
         elif self.pos_emb == "sinusoidal":
