@@ -243,7 +243,26 @@ def prev_score_wrong_axis(pattern):
     return pattern[..., q - 1, q].mean(dim=(0, 2))  # query and key swapped: above the diagonal, always 0
 
 
+def sinusoidal_halves(pos, dim):
+    inv = 10000.0 ** (-torch.arange(dim // 2, dtype=torch.float64) * 2 / dim)
+    ang = pos.double()[:, None] * inv
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)  # all sines, then all cosines: not interleaved
+
+
+def sinusoidal_exponent_i(pos, dim):
+    inv = 10000.0 ** (-torch.arange(dim // 2, dtype=torch.float64) / dim)  # i/dim, not 2i/dim
+    ang = pos.double()[:, None] * inv
+    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(1)
+
+
+def sinusoidal_cos_first(pos, dim):
+    inv = 10000.0 ** (-torch.arange(dim // 2, dtype=torch.float64) * 2 / dim)
+    ang = pos.double()[:, None] * inv
+    return torch.stack([ang.cos(), ang.sin()], dim=-1).flatten(1)  # cos at 2i, sin at 2i+1
+
+
 WRONG = {
+    "sinusoidal_encoding": [sinusoidal_halves, sinusoidal_exponent_i, sinusoidal_cos_first],
     "top_p_filter": [top_p_without_crossing_token, top_p_forgets_to_unsort],
     "top_k_filter": [top_k_strict, top_k_flat],
     "one_hot_embedding": [embedding_wrong_axis, embedding_off_by_one],
