@@ -22,6 +22,7 @@ from .config import figures_dir
 from .files import write_bytes
 from .history import History
 from .progress import in_notebook
+from .timing import phase
 
 LOSS_LABEL = "cross-entropy loss (nats/token)"
 STEP_LABEL = "global step (optimizer updates)"
@@ -37,6 +38,7 @@ def figure_path(path) -> Path:
     return p
 
 
+@phase("plot")
 def png_bytes(fig, dpi: int = 110, **savefig_kwargs) -> bytes:
     """The figure as PNG bytes."""
     buf = io.BytesIO()

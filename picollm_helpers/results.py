@@ -147,7 +147,11 @@ class LessonResults:
         self.torch = torch.__version__
         self.threads = torch.get_num_threads()
         self.wall_time_s: float | None = None
+        self.time_s: dict[str, float] = {}
         self._t0: float | None = time.perf_counter()  # the lesson's wall clock starts here
+        from .timing import phase_totals
+
+        self._phases0 = phase_totals()                 # and its train/evaluate/generate/plot clocks
         _open[lesson] = self
 
     # -- recording: each call writes the file ------------------------------------------------
@@ -189,13 +193,19 @@ class LessonResults:
 
     def to_dict(self) -> dict:
         return {"lesson": self.lesson, "profile": self.profile, "data": dict(self.sources),
-                "wall_time_s": self.wall_time_s, "torch": self.torch, "threads": self.threads,
+                "wall_time_s": self.wall_time_s, "time_s": dict(self.time_s), "torch": self.torch,
+                "threads": self.threads,
                 "claims": [dict(c) for c in self.claims], "metrics": dict(self.metrics)}
 
     def save(self) -> Path:
         """Write the file atomically, with the lesson's wall time up to now; return its path."""
         if self._t0 is not None:
+            from .timing import phase_totals
+
             self.wall_time_s = round(time.perf_counter() - self._t0, 3)
+            spent = {k: v - self._phases0[k] for k, v in phase_totals().items()}
+            self.time_s = {**{k: round(v, 3) for k, v in spent.items()},
+                           "other": round(max(0.0, self.wall_time_s - sum(spent.values())), 3)}
         return write_text(self.path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
@@ -216,6 +226,7 @@ class LessonResults:
         self.claims, self.metrics = [], dict(raw.get("metrics") or {})
         self.torch, self.threads = raw.get("torch"), raw.get("threads")
         self.wall_time_s, self._t0 = raw.get("wall_time_s"), None
+        self.time_s = dict(raw.get("time_s") or {})
         try:
             for c in raw.get("claims") or []:
                 self._put(_make_claim(c.get("id"), c.get("report_says"), c.get("measured"),
@@ -329,11 +340,27 @@ def render_report(lessons: list[LessonResults]) -> str:
         out += ["No results yet: run the lessons (`make run`) and then `make report`.", ""]
         return "\n".join(out)
     out += ["## Claims", "", claims_table(lessons), "## Runs", "",
-            "| lesson | profile | wall time | claims | torch | threads |", "|---|---|---|---|---|---|"]
+            "Where each lesson's time went: `train()` (its evaluations and samples excluded), `evaluate()`, "
+            "`generate()`, rendering figures, and everything else (the lesson's own code).", "",
+            minutes_table(lessons)]
+    return "\n".join(out)
+
+
+PHASE_COLUMNS = (("train", "training"), ("evaluate", "evaluating"), ("generate", "generating"),
+                 ("plot", "plotting"), ("other", "other"))
+
+
+def minutes_table(lessons: list[LessonResults]) -> str:
+    """One Markdown table: a row per lesson with its wall time and where it went (results' time_s)."""
+    rows = ["| lesson | profile | wall time | " + " | ".join(label for _, label in PHASE_COLUMNS)
+            + " | torch | threads |", "|---|---|---|" + "---|" * len(PHASE_COLUMNS) + "---|---|"]
     for r in sorted(lessons, key=lambda r: r.lesson):
-        cells = [r.lesson, r.profile, _fmt_seconds(r.wall_time_s), len(r.claims), r.torch, r.threads]
-        out.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-    return "\n".join(out) + "\n"
+        t = r.time_s or {}
+        cells = [r.lesson, r.profile, _fmt_seconds(r.wall_time_s),
+                 *(_fmt_seconds(t.get(k)) if t.get(k) is not None else "-" for k, _ in PHASE_COLUMNS),
+                 r.torch, r.threads]
+        rows.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def write_report(folder=None) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PicoLLMError
+from .timing import phase
 
 # A cumulative sum of V terms is exact to about V float eps of its dtype; a mass within this many
 # times that of p counts as reaching p, so rounding cannot decide a boundary (p=0.8 on
@@ -119,6 +120,7 @@ def _last_logits(model, ids):
 
 
 @torch.inference_mode()  # no_grad, and no version counters either: less overhead per token
+@phase("generate")
 def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
              greedy=False, seed=None, use_cache=True, num_samples=1):
     """Continue `prompt` (a str, or a list of token ids) by max_new_tokens tokens -> Generation.

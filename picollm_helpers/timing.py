@@ -9,13 +9,51 @@ stated; `train_flops_per_token` counts a model's FLOPs the way PaLM and nanoGPT 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import statistics
 import time
+from collections import defaultdict
 
 import torch
 import torch.nn as nn
+
+# ----------------------------------------------------------------------------------------------
+# Where a lesson's minutes go: train(), evaluate(), generate() and figure rendering each run inside
+# a phase; a phase's time excludes the phases nested in it (train() evaluates and generates after
+# every epoch), so the totals add up to at most the wall time. results.LessonResults records them.
+
+PHASES = ("train", "evaluate", "generate", "plot")
+_phase_totals: dict[str, float] = defaultdict(float)
+_phase_stack: list[list] = []  # [name, start, seconds spent in nested phases]
+
+
+class phase(contextlib.ContextDecorator):
+    """`with phase("train"):` or `@phase("train")`: add the time spent inside to that phase's total."""
+
+    def __init__(self, name: str):
+        if name not in PHASES:
+            raise ValueError(f"phase {name!r} is not one of {', '.join(PHASES)}")
+        self.name = name
+
+    def __enter__(self):
+        _phase_stack.append([self.name, time.perf_counter(), 0.0])
+        return self
+
+    def __exit__(self, *exc):
+        name, start, nested = _phase_stack.pop()
+        elapsed = time.perf_counter() - start
+        _phase_totals[name] += elapsed - nested
+        if _phase_stack:
+            _phase_stack[-1][2] += elapsed
+        return False
+
+
+def phase_totals() -> dict[str, float]:
+    """Seconds spent so far in each phase, in this process (nested phases counted once, innermost)."""
+    return {name: _phase_totals[name] for name in PHASES}
+
 
 # ----------------------------------------------------------------------------------------------
 # Timing

@@ -32,6 +32,7 @@ from .models import model_kind
 from .plots import history_figure, png_bytes
 from .progress import in_notebook, progress
 from .sampling import generate
+from .timing import phase
 from .tokenizer import EOT_ID, check_prompt
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ def _compile_or_eager(fn, name: str):
 
 
 @torch.no_grad()
+@phase("evaluate")
 def evaluate(model: nn.Module, test_ds, cfg, batch_losses: list | None = None) -> float:
     """Token-weighted mean CE over every non-padding target of test_ds, in its fixed order.
 
@@ -221,6 +223,7 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.O
                              fused=torch.device(device).type in ("cpu", "cuda") or None)
 
 
+@phase("train")
 def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str | None = None,
           live_plot: bool | int = False, resume_from=None, checkpoint_every_epoch: bool = True,
           step_callback=None, save: bool = True, cache: bool = False, force_resume: bool = False) -> History:

@@ -40,7 +40,8 @@ def test_round_trip_keeps_the_schema_and_replaces_a_claim_by_id(results_in_tmp):
     r.claim("R1", "Loss falls.", measured={"loss": 2.5}, verdict="refuted", seeds=4)
     r.metric("params", 1234)
     raw = read(r.save())
-    assert list(raw) == ["lesson", "profile", "data", "wall_time_s", "torch", "threads", "claims", "metrics"]
+    assert list(raw) == ["lesson", "profile", "data", "wall_time_s", "time_s", "torch", "threads", "claims",
+                         "metrics"]
     assert raw["lesson"] == "04_transformer" and raw["profile"] == "smoke"
     assert raw["data"] == {"TinyStories": "TinyStories: 2 stories from a test",
                            "3seqs": "3seqs: 3 lines from data/3seqs.txt"}
@@ -162,3 +163,62 @@ def test_python_dash_m_writes_the_report(results_in_tmp, monkeypatch):
     assert "1 lesson results file" in out.stdout
     assert "| 04_transformer | R1 | x | y=1 | reproduced | 1 | smoke |" in (
         results_in_tmp / "REPORT.md").read_text(encoding="utf-8")
+
+
+def test_a_lesson_records_where_its_time_went_nested_phases_counted_once(results_in_tmp, monkeypatch):
+    import time
+
+    from picollm_helpers import timing
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])  # one clock for timing and results
+    r = LessonResults("04_transformer")                         # the lesson starts at t = 0
+    now[0] = 10.0
+    with timing.phase("train"):                                 # 10 .. 20, of which 11 .. 14 evaluating
+        now[0] = 11.0
+        with timing.phase("evaluate"):
+            now[0] = 14.0
+        now[0] = 20.0
+    now[0] = 30.0
+    with timing.phase("plot"):                                  # 30 .. 31
+        now[0] = 31.0
+    now[0] = 33.0
+    with timing.phase("generate"):                              # 33 .. 50
+        now[0] = 50.0
+    now[0] = 60.0
+    raw = json.loads(r.save().read_text())
+    assert raw["wall_time_s"] == 60.0
+    assert raw["time_s"] == {"train": 7.0, "evaluate": 3.0, "generate": 17.0, "plot": 1.0, "other": 32.0}
+
+
+def test_train_evaluate_generate_and_figures_run_in_their_phases():
+    from picollm_helpers import plots, sampling, timing, training
+
+    for fn, name in [(training.train, "train"), (training.evaluate, "evaluate"), (sampling.generate, "generate"),
+                     (plots.png_bytes, "plot")]:
+        before = timing.phase_totals()[name]
+        try:
+            fn(None, None) if name != "generate" else fn(None, None, None, 1)
+        except Exception:
+            pass  # the arguments are wrong on purpose: the phase still closes and counts the time
+        assert timing.phase_totals()[name] > before, f"{fn.__name__} does not run inside phase {name!r}"
+    assert timing._phase_stack == []
+
+
+def test_an_unknown_phase_is_refused_by_name():
+    from picollm_helpers import timing
+
+    with pytest.raises(ValueError, match="'training' is not one of train, evaluate, generate, plot"):
+        timing.phase("training")
+
+
+def test_the_report_shows_where_each_lessons_time_went(results_in_tmp):
+    r = LessonResults("03_top_p_sampling")
+    r.save()
+    raw = json.loads(r.path.read_text())
+    raw["time_s"] = {"train": 100.0, "evaluate": 5.0, "generate": 20.0, "plot": 2.0, "other": 3.0}
+    raw["wall_time_s"] = 130.0
+    r.path.write_text(json.dumps(raw))
+    text = render_report([LessonResults.load(r.path)])
+    row = next(line for line in text.splitlines() if line.startswith("| 03_top_p_sampling |") and "2 min" in line)
+    assert "| 2 min 10 s | 1 min 40 s | 5.0 s | 20.0 s | 2.0 s | 3.0 s |" in row

@@ -25,12 +25,15 @@ def _prev_head(T):
     return p
 
 
+def _uniform(T):
+    return torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]  # (T, T) each row spread evenly
+
+
 def _cases():
     return [
         Case("one pure previous-token head (score 1) beside a pure self head (score 0), T=6",
              lambda: torch.stack([_prev_head(6), torch.eye(6)])[None]),
-        Case("a uniform head, T=5: query q gives 1/(q+1) to key q-1", lambda: (torch.tril(torch.ones(5, 5))
-                                                                               / torch.arange(1, 6)[:, None])[None, None]),
+        Case("a uniform head, T=5: query q gives 1/(q+1) to key q-1", lambda: _uniform(5)[None, None]),
         Case("random causal patterns, B=2, H=4, T=8", lambda: _causal_softmax(0, 2, 4, 8)),
         Case("random sharp causal patterns, B=3, H=2, T=12", lambda: _causal_softmax(1, 3, 2, 12, sharp=4.0)),
     ]
