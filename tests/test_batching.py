@@ -135,6 +135,25 @@ def test_packed_windows(tmp_path, tok):
     assert sum(t.tolist().count(EOT_ID) for t in train) >= 50
 
 
+def test_packed_batches_have_no_padding(tmp_path, tok):
+    # Lines of 2 to 30 words: one per example, a batch pads every line to its longest; packed, only
+    # the last window of each split can be short, and every token of the lines is a target once.
+    f = tmp_path / "ragged.txt"
+    f.write_text("\n".join(" ".join(["word"] * (2 + (i * 7) % 29)) for i in range(200)) + "\n")
+    per_line, _ = batching.make_datasets(cfg(input_files=[str(f)], block_size=32), tok)
+    train, test = batching.make_datasets(cfg(input_files=[str(f)], block_size=32, packed=True), tok)
+    for ds in (train, test):
+        assert all(len(ex) == 33 for ex in list(ds)[:-1]) and 2 <= len(ds[len(ds) - 1]) <= 33
+        x, y = batching.collate_batch(list(ds)[:-1], ds.pad_id)
+        assert x.shape[1] == 32 and not (y == IGNORE_INDEX).any()
+    def targets(ds):
+        return int((ds.lengths - 1).sum())
+    # packed: each line's tokens and its <|endoftext|>, less the stream's first token
+    assert targets(train) == targets(per_line) + 2 * len(per_line) - 1
+    padded = [(y == IGNORE_INDEX).float().mean() for _, y in batching.batches(per_line, 8, seed=0)]
+    assert sum(padded) / len(padded) > 0.3
+
+
 def test_mixing_proportions(tmp_path, tok):
     f = tmp_path / "3seqs.txt"
     f.write_text("\n".join(seqs.generate_3seqs(2000)) + "\n")
