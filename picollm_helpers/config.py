@@ -325,6 +325,10 @@ class RunConfig:
         not listed; `print(cfg)` shows every field.
         """
         mine, report = self.to_dict(), self.report_config().to_dict()
+        for name in _LATER_FIELDS:  # to_dict leaves them out when off: listed only when one side has them on
+            if name in mine or name in report:
+                mine.setdefault(name, getattr(RunConfig, name))
+                report.setdefault(name, getattr(RunConfig, name))
         changed = [k for k in mine if k != "profile" and mine[k] != report[k]]
         lines = [f"profile {self.profile}: {len(changed)} of {len(mine) - 1} settings differ from the "
                  f"report's configuration" + (":" if changed else ".")]

@@ -261,7 +261,25 @@ def sinusoidal_cos_first(pos, dim):
     return torch.stack([ang.cos(), ang.sin()], dim=-1).flatten(1)  # cos at 2i, sin at 2i+1
 
 
+def grad_norms_summed(model):
+    # the norms of the parameters added up, instead of the square root of the summed squares
+    return torch.tensor([sum(p.grad.norm().item() for p in b.parameters()) for b in model.blocks], dtype=torch.float64)
+
+
+def grad_norms_attention_only(model):
+    # only the attention weights: the MLP and the norms' gains are forgotten
+    return torch.tensor([sum(p.grad.pow(2).sum().item() for p in b.attn.parameters()) ** 0.5 for b in model.blocks],
+                        dtype=torch.float64)
+
+
+def grad_norms_of_weights(model):
+    # the weights' norms, not their gradients'
+    return torch.tensor([sum(p.pow(2).sum().item() for p in b.parameters()) ** 0.5 for b in model.blocks],
+                        dtype=torch.float64)
+
+
 WRONG = {
+    "block_grad_norms": [grad_norms_summed, grad_norms_attention_only, grad_norms_of_weights],
     "sinusoidal_encoding": [sinusoidal_halves, sinusoidal_exponent_i, sinusoidal_cos_first],
     "top_p_filter": [top_p_without_crossing_token, top_p_forgets_to_unsort],
     "top_k_filter": [top_k_strict, top_k_flat],

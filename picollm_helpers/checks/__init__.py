@@ -16,6 +16,7 @@ from ._core import Case, Check, Verdict
 from .embedding import check_one_hot_embedding, check_training_step
 from .interp import check_previous_token_score
 from .kgram import check_kgram_logits
+from .norms import check_block_grad_norms
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
 from .sampling import check_top_k_filter, check_top_p_filter
@@ -34,6 +35,7 @@ CHECKS = {c.name: c for c in (
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share,
     check_sinusoidal_encoding,
+    check_block_grad_norms,
     check_previous_token_score,
 )}
 
