@@ -6,18 +6,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch 2.13.0 is the version the kit is tested with; override e.g. TORCH="torch==2.13.0 --index-url ..."
 TORCH  ?= torch==2.13.0
+# constraints.txt pins every package to the version the kit is tested with (make lock writes it).
+# `make setup CONSTRAINTS=` or PICOLLM_UNPINNED=1 installs the newest versions pyproject.toml allows
+# instead (also needed for a TORCH of another version than the pinned one).
+CONSTRAINTS ?= $(if $(filter-out 0 false no,$(PICOLLM_UNPINNED)),,constraints.txt)
+PIN    := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report exercises clean-cache
+.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report exercises doctor lock clean-cache
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet $(PIN) "$(TORCH)"
+	$(PY) -m pip install --quiet $(PIN) -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (pico-llm kit)" >/dev/null
 	$(PY) -m picollm_helpers.tokenizer
 	touch $(STAMP)
@@ -72,6 +77,15 @@ exercises: $(STAMP)
 # results/REPORT.md: every lesson's claims and verdicts (results/NN_*.json) in one table.
 report: $(STAMP)
 	$(PY) -m picollm_helpers.results
+
+# Is this install ready for the lessons? Versions, threads, memory, device, offline files, widgets,
+# each with its fix. Runs without the install too (then it says what is missing).
+doctor:
+	@if [ -x $(PY) ]; then $(PY) -m picollm_helpers.doctor; else $(PYTHON) -m picollm_helpers.doctor; fi
+
+# Rewrite constraints.txt from .venv (after the tests pass with newer versions).
+lock: $(STAMP)
+	$(PY) -m picollm_helpers.doctor --lock
 
 clean-cache:
 	rm -rf .cache outputs

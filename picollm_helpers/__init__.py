@@ -18,6 +18,8 @@ Each concern lives in one module named for it, and imports go one way (a test ch
   results      each lesson's claims and verdicts (make report)
   timing, bench/         timing helpers; the benchmark (python -m picollm_helpers.bench)
   cli, distributed       python -m picollm_helpers; torchrun
+  net          whether a host answers HTTPS, in bounded time (the hub and tiktoken checks)
+  doctor       make doctor: is this install ready for the lessons, each item with its fix
 
 The names below are the ones the lessons use; they are imported on first use, so
 `import picollm_helpers` stays quick.
