@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{name}", help=help, **kw)
 
     g = p.add_argument_group("run")
-    g.add_argument("--models", nargs="+", choices=list(MODEL_NAMES), default=list(PICO_LLM_NAMES),
+    g.add_argument("--models", nargs="+", choices=list(MODEL_NAMES), default=list(PICO_LLM_NAMES), metavar="MODEL",
                    help="which models to train, in this order: kgram_mlp_seq, lstm_seq (or lstm), "
                         "kvcache_transformer (or transformer); pico-llm's files use the name given "
                         "(default: all three, by pico-llm's names)")
