@@ -41,6 +41,34 @@ def _tokenizer_key(tokenizer) -> str:
     return f"{getattr(tokenizer, 'name', type(tokenizer).__name__)}-{tokenizer.n_vocab}-{cache_key(probe)[:10]}"
 
 
+def _ids_digest(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_tokens_cache(path, key: str, n_texts: int):
+    """(tokens, lengths) from a cache file, or None, with a one-line note, when it does not match its key:
+    unreadable, another key, not int tensors, lengths that do not add up, or ids that fail their sha256."""
+    def rebuilt(why):
+        print(f"cache: {path.name} {why}; rebuilt (the file is replaced, nothing is trained on it)")
+
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated, empty, or not a torch file
+        return rebuilt(f"is unreadable ({type(e).__name__})")
+    tokens, lengths = (saved.get("tokens"), saved.get("lengths")) if isinstance(saved, dict) else (None, None)
+    if not (isinstance(tokens, torch.Tensor) and tokens.dtype == torch.int32 and tokens.dim() == 1
+            and isinstance(lengths, torch.Tensor) and lengths.dtype == torch.int64 and lengths.dim() == 1):
+        return rebuilt("does not hold int32 token ids and int64 lengths")
+    if saved.get("key") != key:
+        return rebuilt("belongs to another key")
+    if len(lengths) != n_texts or int(lengths.sum()) != tokens.numel() or bool((lengths < 0).any()):
+        return rebuilt(f"holds {len(lengths)} lengths summing to {int(lengths.sum())} for {tokens.numel()} "
+                       f"ids and {n_texts} texts")
+    if saved.get("sha256") != _ids_digest(tokens):
+        return rebuilt("holds ids that do not match their fingerprint")
+    return tokens, lengths
+
+
 def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, lengths): all texts' token ids in one flat int32 tensor plus each text's length.
 
@@ -57,13 +85,12 @@ def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[to
     for t in texts:
         digest.update(t.encode("utf-8"))
         digest.update(b"\0")
-    path = cache_dir() / "tokens" / f"{name}-{cache_key(_tokenizer_key(tokenizer), digest.hexdigest(), len(texts))}.pt"
+    key = cache_key(_tokenizer_key(tokenizer), digest.hexdigest(), len(texts))
+    path = cache_dir() / "tokens" / f"{name}-{key}.pt"
     if path.exists():
-        try:
-            saved = torch.load(path, weights_only=True)
-            return saved["tokens"], saved["lengths"]
-        except Exception:
-            pass  # damaged cache file: tokenize again
+        cached = _read_tokens_cache(path, key, len(texts))
+        if cached is not None:
+            return cached
     ids: list[list[int]] = []
     chunk = 2000
     threads = os.cpu_count() or 1
@@ -80,7 +107,7 @@ def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[to
     import io
 
     buf = io.BytesIO()
-    torch.save({"tokens": tokens, "lengths": lengths}, buf)
+    torch.save({"key": key, "tokens": tokens, "lengths": lengths, "sha256": _ids_digest(tokens)}, buf)
     write_bytes(path, buf.getvalue())
     return tokens, lengths
 

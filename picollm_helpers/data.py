@@ -124,17 +124,56 @@ def _texts_cache_path(name: str, key_parts: tuple) -> Path:
     return cache_dir() / "texts" / f"{name}-{cache_key(name, *key_parts)}.json"
 
 
+def _texts_digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _cache_note(path: Path, why: str) -> None:
+    print(f"cache: {_display(path)} {why}; rebuilt (the file is replaced, nothing is trained on it)")
+
+
+def _read_texts_cache(path: Path, key: str) -> list[str] | None:
+    """The texts a cache file holds, or None (with a one-line note) when it does not match its key."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return _cache_note(path, f"is unreadable ({type(e).__name__})")
+    if isinstance(saved, list) and all(isinstance(t, str) for t in saved):
+        _write_texts_cache(path, key, saved)  # the format before fingerprints: kept, and fingerprinted now
+        return saved
+    texts = saved.get("texts") if isinstance(saved, dict) else None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return _cache_note(path, "does not hold a list of texts")
+    if saved.get("key") != key:
+        return _cache_note(path, "belongs to another key")
+    if saved.get("n") != len(texts) or saved.get("sha256") != _texts_digest(texts):
+        return _cache_note(path, f"holds {len(texts)} texts that do not match its fingerprint")
+    return texts
+
+
 def _cached_texts(name: str, key_parts: tuple, make) -> tuple[list[str], bool]:
-    """(texts, hit): texts from cache_dir()/texts/<name>-<key>.json, else make() and store them."""
+    """(texts, hit): texts from cache_dir()/texts/<name>-<key>.json, else make() and store them.
+
+    The file records its key, the number of texts and their sha256; a file that does not match
+    (damaged, truncated, edited, another key) is rebuilt with a one-line note."""
     path = _texts_cache_path(name, key_parts)
+    key = cache_key(name, *key_parts)
     if path.exists():
-        try:
-            return json.loads(path.read_text(encoding="utf-8")), True
-        except (OSError, ValueError):
-            pass  # a damaged cache file is rebuilt
+        texts = _read_texts_cache(path, key)
+        if texts is not None:
+            return texts, True
     texts = make()
-    write_bytes(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+    _write_texts_cache(path, key, texts)
     return texts, False
+
+
+def _write_texts_cache(path: Path, key: str, texts: list[str]) -> None:
+    record = {"key": key, "n": len(texts), "sha256": _texts_digest(texts), "texts": texts}
+    write_bytes(path, json.dumps(record, ensure_ascii=False).encode("utf-8"))
 
 
 def _resolve(path, what: str) -> Path:

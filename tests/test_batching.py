@@ -248,3 +248,114 @@ def test_source_without_training_examples(tmp_path, tok):
     f.write_text("x\ny\nz\n")  # one token per line: no (input, target) pair
     with pytest.raises(ValueError, match="no training examples"):
         batching.make_datasets(cfg(input_files=[str(f)]), tok)
+
+
+# Caches are verified: a file that does not match its key is rebuilt with a note, never used.
+
+def _poke_tokens_cache(mutate):
+    import glob
+    import os
+
+    import torch
+
+    from picollm_helpers.batching import tokenize_texts
+    from picollm_helpers.config import cache_dir
+    from picollm_helpers.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    texts = ["a cache test story, one", "and another, two", f"pid {os.getpid()}"]
+    first = tokenize_texts(texts, tok, name="cachetest")
+    (path,) = glob.glob(str(cache_dir() / "tokens" / "cachetest-*.pt"))
+    saved = torch.load(path, weights_only=True)
+    mutate(path, saved)
+    return texts, tok, first
+
+
+@pytest.mark.parametrize("how,says", [
+    ("truncate", "is unreadable"),
+    ("wrong_type", "does not hold int32 token ids"),
+    ("wrong_size", "lengths summing to"),
+    ("wrong_ids", "do not match their fingerprint"),
+    ("other_key", "belongs to another key"),
+])
+def test_a_tokens_cache_that_does_not_match_its_key_is_rebuilt(tmp_path, monkeypatch, capsys, how, says):
+    import torch
+
+    from picollm_helpers.batching import tokenize_texts
+
+    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path))
+
+    def mutate(path, saved):
+        if how == "truncate":
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+            return
+        if how == "wrong_type":
+            saved["tokens"] = saved["tokens"].float()
+        elif how == "wrong_size":
+            saved["lengths"] = saved["lengths"] + 1
+        elif how == "wrong_ids":
+            saved["tokens"] = saved["tokens"] + 1
+        elif how == "other_key":
+            saved["key"] = "another"
+        torch.save(saved, path)
+
+    texts, tok, (tokens, lengths) = _poke_tokens_cache(mutate)
+    capsys.readouterr()
+    again, again_lengths = tokenize_texts(texts, tok, name="cachetest")
+    out = capsys.readouterr().out
+    assert says in out and "rebuilt" in out and out.count("\n") == 1
+    assert torch.equal(again, tokens) and torch.equal(again_lengths, lengths)
+    tokenize_texts(texts, tok, name="cachetest")
+    assert capsys.readouterr().out == ""  # the rebuilt file is good
+
+
+@pytest.mark.parametrize("how,says", [
+    ("garbage", "is unreadable"),
+    ("not_texts", "does not hold a list of texts"),
+    ("edited", "do not match its fingerprint"),
+])
+def test_a_texts_cache_that_does_not_match_its_key_is_rebuilt(tmp_path, monkeypatch, capsys, how, says):
+    import json
+
+    from picollm_helpers import data
+
+    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path))
+    made = []
+
+    def make():
+        made.append(1)
+        return ["one story", "two stories"]
+
+    assert data._cached_texts("cachetest", ("k",), make) == (["one story", "two stories"], False)
+    path = data._texts_cache_path("cachetest", ("k",))
+    saved = json.loads(path.read_text())
+    if how == "garbage":
+        path.write_text("{not json")
+    elif how == "not_texts":
+        saved["texts"] = [1, 2]
+        path.write_text(json.dumps(saved))
+    elif how == "edited":
+        saved["texts"][0] = "one storY"
+        path.write_text(json.dumps(saved))
+    elif how == "old_format":
+        path.write_text(json.dumps(saved["texts"]))
+    capsys.readouterr()
+    assert data._cached_texts("cachetest", ("k",), make) == (["one story", "two stories"], False)
+    out = capsys.readouterr().out
+    assert says in out and "rebuilt" in out and len(made) == 2
+    assert data._cached_texts("cachetest", ("k",), make)[1] is True
+
+
+def test_a_texts_cache_in_the_format_before_fingerprints_is_kept_and_fingerprinted(tmp_path, monkeypatch, capsys):
+    import json
+
+    from picollm_helpers import data
+
+    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path))
+    path = data._texts_cache_path("cachetest", ("k",))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(["an earlier download"]))
+    assert data._cached_texts("cachetest", ("k",), lambda: ["made again"]) == (["an earlier download"], True)
+    assert json.loads(path.read_text())["sha256"] == data._texts_digest(["an earlier download"])
+    assert capsys.readouterr().out == ""
