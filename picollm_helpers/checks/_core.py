@@ -194,27 +194,3 @@ class Check:
         if not quiet:
             print(f"\u2717 {v.message}\n  The lesson continues with {self.used}.")
         return self.reference
-
-
-def module_observe(kit_class, make, inputs):
-    """An observe() for exercises that write an nn.Module class with the kit's constructor and
-    parameter names: build the kit's module, copy its weights into the student's, run both.
-
-    make(cls) -> an instance (the same constructor arguments for either class); inputs() -> the
-    forward's arguments, a tuple. Cases pass a seed: observe(cls, seed).
-    """
-
-    def observe(cls, seed):
-        torch.manual_seed(seed)
-        ref = make(kit_class)
-        mod = make(cls)
-        result = mod.load_state_dict(ref.state_dict(), strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise Mismatch(f"the parameter names differ from the kit's {kit_class.__name__}: missing "
-                           f"{result.missing_keys}, unexpected {result.unexpected_keys}")
-        torch.manual_seed(seed + 1)
-        args = inputs()
-        with torch.no_grad():
-            return mod(*args)
-
-    return observe
