@@ -21,12 +21,12 @@ from functools import partial
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, cache_dir
 from .data import cache_key, load_text_files, load_tinystories, load_wiki
 from .errors import DataError
 from .files import write_bytes
+from .progress import progress
 from .tokenizer import EOT_ID, CompactTokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +94,8 @@ def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[to
     ids: list[list[int]] = []
     chunk = 2000
     threads = os.cpu_count() or 1
-    for i in tqdm(range(0, len(texts), chunk), desc=f"tokenizing {name}", leave=False,
-                  disable=len(texts) <= 4 * chunk):
+    for i in progress(range(0, len(texts), chunk), desc=f"tokenizing {name}",
+                      disable=len(texts) <= 4 * chunk):
         batch = texts[i:i + chunk]
         if hasattr(tokenizer, "encode_ordinary_batch"):
             ids += tokenizer.encode_ordinary_batch(batch, num_threads=threads)
