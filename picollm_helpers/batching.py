@@ -4,7 +4,8 @@
     make_datasets(cfg, tok)      the sources named by a RunConfig as a (train, test) pair of
                                  TokenDatasets: list-likes of 1-D int64 token tensors of at most
                                  block_size + 1 tokens, split by (test_fraction, seed)
-    collate_batch(examples)      a list of them padded into (x, y), the padding masked out of the loss
+    collate_batch(examples)      a list of them padded into (x, y), the padding masked out of the loss,
+                                 to the longest example or to a multiple of length_bucket
     batches / make_loader        seeded (x, y) batches of a TokenDataset, by hand or as a DataLoader
 
 Neighbours: `data` loads the corpora this module tokenizes; `training` consumes the batches.
@@ -322,17 +323,35 @@ def make_datasets(cfg, tokenizer) -> tuple[TokenDataset, TokenDataset]:
 # Batching
 
 
-def collate_batch(examples, pad_id: int = EOT_ID) -> tuple[torch.Tensor, torch.Tensor]:
+def bucket_length(longest: int, length_bucket: int, max_len: int | None = None) -> int:
+    """The padded length of a batch whose longest x has `longest` positions: `longest` itself when
+    length_bucket is 0, else the next multiple of length_bucket, but never more than max_len (the
+    block size) unless the batch itself is longer. So batches take at most
+    ceil(max_len / length_bucket) shapes."""
+    if length_bucket <= 0:
+        return longest
+    padded = -(-longest // length_bucket) * length_bucket
+    return max(longest, min(padded, max_len)) if max_len is not None else padded
+
+
+def collate_batch(examples, pad_id: int = EOT_ID, *, length_bucket: int = 0,
+                  max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) from a list of 1-D token tensors: x = seq[:-1], y = seq[1:], right-padded.
 
     x is padded with pad_id (<|endoftext|>), y with IGNORE_INDEX, so padding never counts in the
     loss. A real <|endoftext|> inside a sequence stays a target: the mask comes from the lengths.
+    length_bucket > 0 pads to the next multiple of it, at most max_len (see bucket_length): the
+    same targets, in a few fixed shapes. A causal model's outputs at the real positions do not
+    depend on padding after them, so the loss is the same up to float rounding.
     """
     if len(examples) == 0:
         raise DataError("collate_batch got no examples; pass a non-empty list of token tensors.")
     seqs = [torch.as_tensor(e, dtype=torch.long) for e in examples]
     lengths = torch.tensor([len(s) for s in seqs])                                     # (B,)
     padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)  # (B, L)
+    extra = bucket_length(padded.shape[1] - 1, length_bucket, max_len) - (padded.shape[1] - 1)
+    if extra:
+        padded = torch.nn.functional.pad(padded, (0, extra), value=pad_id)              # (B, L + extra)
     x = padded[:, :-1].clone()                                                          # (B, T)
     y = padded[:, 1:].clone()                                                           # (B, T)
     pad = torch.arange(x.shape[1]) >= (lengths - 1)[:, None]                           # (B, T) past seq[:-1]

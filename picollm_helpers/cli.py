@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "full, off otherwise", action=argparse.BooleanOptionalAction)
     flag(g, "loss_chunk_size", "0: loss on the full (B, T, V) logits; N: output layer and loss N rows at a "
                                "time, saving memory", type=int)
+    flag(g, "length_bucket", "0: pad each batch to its longest example; N: to a multiple of N, so batches "
+                             "come in a few shapes (with --compile on a CUDA GPU: CUDA graphs)", type=int)
 
     g = p.add_argument_group("generation")
     flag(g, "prompt", "prompt for the samples", type=str)

@@ -36,10 +36,10 @@ _FLOATS = ("tinystories_weight", "wiki_weight", "test_fraction", "dropout", "lea
            "grad_clip")
 _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram_k", "kgram_chunk_size",
          "num_inner_mlp_layers", "lstm_layers", "n_heads", "n_blocks", "epochs", "batch_size", "warmup_steps",
-         "loss_chunk_size", "max_new_tokens", "seed")
+         "loss_chunk_size", "length_bucket", "max_new_tokens", "seed")
 _BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
 # Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
-_LATER_FIELDS = ("embed_scale",)
+_LATER_FIELDS = ("embed_scale", "length_bucket")
 # Targets with this value are skipped by the loss (padding): F.cross_entropy's default ignore_index.
 IGNORE_INDEX = -100
 
@@ -137,6 +137,9 @@ class RunConfig:
     precision: str = "fp32"
     compile: bool = False
     loss_chunk_size: int = 0
+    # 0: each training batch is padded to its longest example. N: to the next multiple of N (at most
+    # block_size), so batches take at most ceil(block_size / N) shapes: what CUDA graphs need.
+    length_bucket: int = 0
     # generation
     prompt: str = "Once upon a"
     max_new_tokens: int = 20
@@ -252,6 +255,9 @@ class RunConfig:
             raise ConfigError("weight_decay, warmup_steps, grad_clip and loss_chunk_size must be >= 0 "
                              f"(got {self.weight_decay}, {self.warmup_steps}, {self.grad_clip}, "
                              f"{self.loss_chunk_size}).")
+        if self.length_bucket < 0:
+            raise bad("length_bucket", "use 0 (pad each batch to its longest example) or a bucket width "
+                                       "such as 64 (pad to a multiple of it).")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "use a value in [0, 1).")
         if self.max_new_tokens < 1:

@@ -7,6 +7,8 @@ Each run folder `<cfg.output_dir>/<name>/` holds:
                          "test":  {"epoch": [1, ...], "step": [...], "loss": [...], one per epoch, full test set
                                    "batch_loss": [[...], ...]},        per epoch, the loss of each test batch
                          "epochs": {"epoch": [1, ...], "end_step": [...]},   the last step of each epoch
+                         "epoch_times": {"epoch": [...], "train_time_s": [...], "tokens": [...]},
+                                          each epoch's seconds in optimizer steps and non-padding tokens
                          "final_train_loss", "final_test_loss",
                          "wall_time_s", "train_time_s", "tokens_seen", "tokens_per_second", "extra": {...}}
   generation_logs.json  {"format": "picollm.generation_logs/1", "name", "prompt", "max_new_tokens",
@@ -45,6 +47,7 @@ class History:
     test_loss: list = field(default_factory=list)    # [(epoch, global_step, loss)] one per epoch
     test_batch_losses: dict = field(default_factory=dict)  # {epoch: [loss of each test batch, in order]}
     epoch_ends: list = field(default_factory=list)   # [(epoch, global_step of its last step)]
+    epoch_times: list = field(default_factory=list)  # [(epoch, seconds in its optimizer steps, tokens)]
     generations: dict = field(default_factory=dict)  # {epoch: {"greedy": text, "top_p=0.2": text, ...}}
     wall_time: float = 0.0                           # seconds, whole run including eval and sampling
     train_time: float = 0.0                          # seconds spent in optimizer steps
@@ -75,6 +78,7 @@ class History:
                 "test_loss": [[int(e), int(s), float(l)] for e, s, l in self.test_loss],
                 "test_batch_losses": {str(e): [float(l) for l in ls] for e, ls in self.test_batch_losses.items()},
                 "epoch_ends": [[int(e), int(s)] for e, s in self.epoch_ends],
+                "epoch_times": [[int(e), float(t), int(n)] for e, t, n in self.epoch_times],
                 "generations": {str(e): dict(g) for e, g in self.generations.items()},
                 "wall_time": float(self.wall_time), "train_time": float(self.train_time),
                 "tokens_seen": int(self.tokens_seen), "extra": plain(self.extra)}
@@ -88,6 +92,7 @@ class History:
                    test_batch_losses={int(e): [float(l) for l in ls]
                                       for e, ls in d.get("test_batch_losses", {}).items()},
                    epoch_ends=_epoch_ends(d.get("epoch_ends"), test_loss),
+                   epoch_times=[(int(e), float(t), int(n)) for e, t, n in d.get("epoch_times", [])],
                    generations={int(e): dict(g) for e, g in d.get("generations", {}).items()},
                    wall_time=float(d.get("wall_time", 0.0)), train_time=float(d.get("train_time", 0.0)),
                    tokens_seen=int(d.get("tokens_seen", 0)), extra=dict(d.get("extra", {})))
@@ -104,6 +109,9 @@ class History:
                          "batch_loss": [list(self.test_batch_losses.get(e, [])) for e, _, _ in self.test_loss]},
                 "epochs": {"epoch": [int(e) for e, _ in self.epoch_ends],
                            "end_step": [int(s) for _, s in self.epoch_ends]},
+                "epoch_times": {"epoch": [int(e) for e, _, _ in self.epoch_times],
+                                "train_time_s": [float(t) for _, t, _ in self.epoch_times],
+                                "tokens": [int(n) for _, _, n in self.epoch_times]},
                 "final_train_loss": _json_float(self.final_train_loss),
                 "final_test_loss": _json_float(self.final_test_loss),
                 "wall_time_s": self.wall_time, "train_time_s": self.train_time,
@@ -158,6 +166,8 @@ class History:
                 test_loss=test_loss,
                 test_batch_losses={e: ls for e, ls in zip(test["epoch"], test.get("batch_loss", [])) if ls},
                 epoch_ends=_epoch_ends(epochs and list(zip(epochs["epoch"], epochs["end_step"])), test_loss),
+                epoch_times=list(zip(*(logs.get("epoch_times", {}).get(k, []) for k in
+                                       ("epoch", "train_time_s", "tokens")))),
                 wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
                 tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
         gen_path = run_dir / "generation_logs.json"

@@ -85,10 +85,25 @@ def autocast(device: torch.device, cfg):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _compile_or_eager(fn, name: str):
-    """torch.compile(fn), falling back to fn itself (with a printed reason) if compiling fails,
-    e.g. where no C compiler or Triton is installed."""
-    compiled = torch.compile(fn)
+def compile_settings(cfg, device: torch.device) -> dict:
+    """torch.compile's keywords for train()'s step. On a CUDA GPU with length buckets the batches
+    come in at most ceil(block_size / length_bucket) shapes, so each can be compiled for its exact
+    shape (dynamic=False) and captured as a CUDA graph (mode "reduce-overhead"): the whole forward
+    and backward replayed as one launch. Without buckets every batch length would capture a new
+    graph, so the default mode is used."""
+    if device.type == "cuda" and cfg.length_bucket > 0:
+        return {"mode": "reduce-overhead", "dynamic": False}
+    return {}
+
+
+def _compile_or_eager(fn, name: str, n_shapes: int = 1, **settings):
+    """torch.compile(fn, **settings), falling back to fn itself (with a printed reason) if compiling
+    fails, e.g. where no C compiler or Triton is installed. n_shapes: how many batch shapes the
+    run will see, each compiled once (torch recompiles at most recompile_limit times per function)."""
+    if settings.get("dynamic") is False:
+        import torch._dynamo.config as dynamo_config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, n_shapes + 1)
+    compiled = torch.compile(fn, **settings)
     use = [compiled]
 
     def step(*args):
@@ -315,7 +330,12 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        step_fn = _compile_or_eager(step_fn, name)
+        settings = compile_settings(cfg, device)
+        n_shapes = -(-cfg.block_size // cfg.length_bucket) if cfg.length_bucket else cfg.block_size
+        step_fn = _compile_or_eager(step_fn, name, n_shapes, **settings)
+        if main and settings:
+            print(f"[{name}] torch.compile {settings}: length_bucket={cfg.length_bucket} gives at most "
+                  f"{n_shapes} batch shapes")
     if main and cfg.precision == "auto":
         print(f"[{name}] precision auto: {resolve_precision('auto', device)} on {device}")
 
@@ -337,6 +357,7 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         epoch_losses = []
         late = _reads_losses_late(device, step_callback)
         pending = None  # with `late`: (step, loss, gradient norm) of a step still on the GPU
+        epoch_time, epoch_tokens = 0.0, 0
 
         # The helpers below belong to this epoch: its number, loss list and bar are bound here.
         def finite(step, what, value, epoch=epoch):
@@ -360,11 +381,15 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         for idx in bar:
             t0 = time.time()
             shard = idx.tensor_split(dist.world_size)[dist.rank]     # this rank's part of the global batch
-            x, y = collate_batch([train_ds[int(i)] for i in shard], pad_id=pad_id)  # (b, T), (b, T)
+            x, y = collate_batch([train_ds[int(i)] for i in shard], pad_id=pad_id,
+                                 length_bucket=cfg.length_bucket, max_len=cfg.block_size)  # (b, T), (b, T)
             n_tok = int((y != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU wait
             if dist.enabled:                                            # global non-padding targets
                 n_tok = int(distributed.all_reduce_sum(torch.tensor(n_tok, device=device)).item())
-            x, y = x.to(device), y.to(device)
+            if device.type == "cuda":  # from pinned memory the copy is queued, the CPU goes on
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            else:
+                x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg)
             global_step += 1
@@ -391,6 +416,7 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
                     finite(global_step, "gradient norm", norm.item())
             optimizer.step()
             history.tokens_seen += n_tok
+            epoch_tokens += n_tok
             if not late:
                 record(global_step, loss_value)
             else:
@@ -399,12 +425,14 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
                 if pending is not None:
                     settle(*pending)
                 pending = (global_step, loss_t, norm)
-            history.train_time += time.time() - t0
+            epoch_time += time.time() - t0
         if pending is not None:
             t0 = time.time()
             settle(*pending)
-            history.train_time += time.time() - t0
+            epoch_time += time.time() - t0
+        history.train_time += epoch_time
         bar.close()
+        history.epoch_times.append((epoch, epoch_time, epoch_tokens))
 
         msg = f"[{name}] epoch {epoch}/{cfg.epochs}: train loss {sum(epoch_losses) / len(epoch_losses):.4f}"
         history.epoch_ends.append((epoch, global_step))

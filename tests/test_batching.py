@@ -83,6 +83,19 @@ def test_collate_masks_exactly_the_padding():
     assert y.tolist() == [[6, 7, EOT_ID, 8], [2, 3, -100, -100], [-100, -100, -100, -100]]
 
 
+def test_length_buckets_pad_to_a_multiple_and_keep_the_targets():
+    assert [batching.bucket_length(n, 8, max_len=20) for n in (1, 8, 9, 17, 20)] == [8, 8, 16, 20, 20]
+    assert batching.bucket_length(23, 8, max_len=20) == 23  # longer than max_len: never cut
+    assert batching.bucket_length(9, 0, max_len=20) == 9    # no buckets: the longest example
+    a, b = torch.tensor([5, 6, 7, EOT_ID, 8]), torch.tensor([1, 2, 3])
+    x0, y0 = batching.collate_batch([a, b])
+    x, y = batching.collate_batch([a, b], length_bucket=3, max_len=32)
+    assert x.shape == y.shape == (2, 6)
+    assert torch.equal(x[:, :4], x0) and torch.equal(y[:, :4], y0)
+    assert (x[:, 4:] == EOT_ID).all() and (y[:, 4:] == -100).all()
+    assert batching.collate_batch([a, b], length_bucket=3, max_len=5)[0].shape == (2, 5)
+
+
 def test_padding_adds_nothing_to_the_loss():
     """The loss of a padded batch is the loss of its sequences alone: padded targets are skipped."""
     examples = [torch.tensor([5, 6, 7, 0, 8]), torch.tensor([1, 2, 3]), torch.tensor([4, 9])]

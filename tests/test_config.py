@@ -142,6 +142,8 @@ def test_auto_device_is_said_once_per_process(capsys, monkeypatch):
     ("prompt", "", "prompt='' is invalid"),
     ("device_id", "banana", "device_id='banana' is invalid: use auto, cpu, mps, cuda or cuda:N"),
     ("top_p_values", ("a",), "top_p_values=('a',) is invalid"),
+    ("length_bucket", -8, "length_bucket=-8 is invalid"),
+    ("length_bucket", 8.0, "length_bucket=8.0 is invalid: it must be a whole number"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, words):
     from picollm_helpers.errors import ConfigError, PicoLLMError
@@ -157,3 +159,10 @@ def test_a_single_input_file_string_is_one_file_and_numpy_numbers_are_numbers():
     assert type(cfg.batch_size) is int and cfg.batch_size == 8 and type(cfg.learning_rate) is float
     for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
         assert RunConfig(device_id=device).device_id == device
+
+
+def test_length_bucket_joins_the_config_dict_only_when_set():
+    """Configs that do not bucket keep their dictionary, so their cached models keep their keys."""
+    assert "length_bucket" not in RunConfig().to_dict()
+    assert RunConfig(length_bucket=64).to_dict()["length_bucket"] == 64
+    assert RunConfig.from_dict(RunConfig(length_bucket=64).to_dict()).length_bucket == 64

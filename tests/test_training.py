@@ -222,6 +222,51 @@ def test_training_with_chunked_loss_matches_plain(tmp_path, data):
     assert runs[0].final_test_loss == pytest.approx(runs[1].final_test_loss, rel=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp_seq"])
+def test_length_buckets_train_the_same_model(tmp_path, data, kind, monkeypatch):
+    """Padding each batch to a multiple of length_bucket (a few fixed shapes, for CUDA graphs)
+    changes the shapes, not the targets: the same losses and weights up to float rounding."""
+    full, _ = data  # 3seqs lines cut to 3..BLOCK+1 tokens, so batches have different lengths
+    seqs = [full[i][:3 + (7 * i) % (BLOCK - 1)].tolist() for i in range(len(full))]
+    train_ds, test_ds = token_dataset(seqs[:200], full.pad_id), token_dataset(seqs[200:], full.pad_id)
+    cfg = tiny_cfg(tmp_path, epochs=2, max_steps_per_epoch=6, pos_emb="learned")
+    bucketed = cfg.replace(length_bucket=5)
+    shapes = {b: {tuple(tr.collate_batch([train_ds[int(i)] for i in idx], pad_id=train_ds.pad_id,
+                                         length_bucket=c.length_bucket, max_len=c.block_size)[0].shape)
+                  for e in (1, 2) for idx in tr.epoch_order(len(train_ds), c.batch_size, c.seed, e)[:6]}
+              for b, c in (("plain", cfg), ("bucketed", bucketed))}
+    assert shapes["plain"] != shapes["bucketed"]  # the buckets do pad some batches further
+    assert all(T % 5 == 0 or T == BLOCK for _, T in shapes["bucketed"])
+    seen = {"plain": set(), "bucketed": set()}   # the shapes of the batches train() trained on
+    collate = tr.collate_batch
+
+    def spy(*args, length_bucket=0, **kw):
+        x, y = collate(*args, length_bucket=length_bucket, **kw)
+        if "max_len" in kw:   # train()'s batches (evaluate pads each test batch to its longest)
+            seen[run].add(tuple(x.shape))
+        return x, y
+    monkeypatch.setattr(tr, "collate_batch", spy)
+    runs, models = [], []
+    for run, c in (("plain", cfg), ("bucketed", bucketed)):
+        models.append(make(kind, c))
+        runs.append(tr.train(models[-1], c, train_ds, test_ds, save=False))
+    assert seen == shapes
+    for (s0, l0), (s1, l1) in zip(runs[0].train_loss, runs[1].train_loss, strict=True):
+        assert s0 == s1 and l0 == pytest.approx(l1, rel=1e-5)
+    assert runs[0].final_test_loss == pytest.approx(runs[1].final_test_loss, rel=1e-5)
+    assert runs[0].tokens_seen == runs[1].tokens_seen  # padding is never counted as trained on
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_cuda_graphs_are_used_only_when_batches_have_fixed_shapes(tmp_path):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert tr.compile_settings(tiny_cfg(tmp_path, length_bucket=8), cuda) == {"mode": "reduce-overhead",
+                                                                               "dynamic": False}
+    assert tr.compile_settings(tiny_cfg(tmp_path), cuda) == {}            # every length: a new graph
+    assert tr.compile_settings(tiny_cfg(tmp_path, length_bucket=8), cpu) == {}  # no CUDA graphs on a CPU
+
+
 def test_compile_falls_back_to_eager_when_compiling_fails(tmp_path, data, monkeypatch, capsys):
     train_ds, test_ds = data
 
@@ -262,6 +307,11 @@ def test_logs_have_documented_structure(tmp_path, data, tok):
     back = history.History.load(run)
     assert back.train_loss == h.train_loss and back.test_loss == h.test_loss
     assert back.test_batch_losses == h.test_batch_losses and back.epoch_ends == h.epoch_ends
+    # each epoch's time in optimizer steps and its non-padding tokens: they add up to the run's
+    assert [e for e, _, _ in h.epoch_times] == [1, 2] and all(t > 0 for _, t, _ in h.epoch_times)
+    assert sum(n for *_, n in h.epoch_times) == h.tokens_seen
+    assert sum(t for _, t, _ in h.epoch_times) == pytest.approx(h.train_time)
+    assert back.epoch_times == h.epoch_times and logs["epoch_times"]["epoch"] == [1, 2]
     # pico-llm's layout of the same run: per epoch, each step's loss and each test batch's loss
     pico = h.pico_llm_losses()
     assert pico["train"] == [[l for _, l in h.train_loss[:3]], [l for _, l in h.train_loss[3:]]]
