@@ -98,3 +98,23 @@ def test_full_case_is_skipped_on_a_cpu_and_runs_at_a_small_shape(capsys):
     assert labels == ["fp32, full logits", "bf16 autocast, full logits", "bf16 autocast, fused loss chunk=4"]
     assert out["full_loss_diff"] < 1e-3  # the fused loss and the full logits agree under bf16 autocast
     assert out["full_best_bf16"].label.startswith("bf16") and all(r.mfu > 0 for r in out["full_rows"])
+
+
+def test_train_case_runs_the_real_train_and_compares_it_with_the_step_row(capsys):
+    shape = dict(E=16, L=1, H=2, T=8, B=4)
+    out = bench.bench_train({"_device": torch.device("cpu")}, compile=False, steps=3, epochs=2, shape=shape)
+    printed = capsys.readouterr().out
+    assert [label for label, *_ in out["train_rows"]] == ["one story per example (the laptop profile)",
+                                                          "packed windows"]
+    for label, rate, warmup, filled in out["train_rows"]:
+        assert rate > 0 and 0 < filled <= 1 and label in printed and isinstance(warmup, float)
+    assert out["train_reference"].tokens == 4 * 8 and out["train_ratio"] >= out["train_profile_ratio"] > 0
+    assert "synthetic stories" in printed and "vs row" in printed
+
+
+def test_steady_rate_leaves_the_first_epoch_out():
+    from picollm_helpers.bench.training import _steady
+    from picollm_helpers.history import History
+    h = History(epoch_times=[(1, 5.0, 1000), (2, 1.0, 1000), (3, 1.0, 1000)])
+    rate, warmup = _steady(h)
+    assert rate == 1000 and warmup == 4.0  # the first epoch took 4 s longer than its tokens needed

@@ -238,16 +238,17 @@ def test_length_buckets_train_the_same_model(tmp_path, data, kind, monkeypatch):
     assert shapes["plain"] != shapes["bucketed"]  # the buckets do pad some batches further
     assert all(T % 5 == 0 or T == BLOCK for _, T in shapes["bucketed"])
     seen = {"plain": set(), "bucketed": set()}   # the shapes of the batches train() trained on
-    collate = tr.collate_batch
+    collate, current = tr.collate_batch, []
 
     def spy(*args, length_bucket=0, **kw):
         x, y = collate(*args, length_bucket=length_bucket, **kw)
         if "max_len" in kw:   # train()'s batches (evaluate pads each test batch to its longest)
-            seen[run].add(tuple(x.shape))
+            seen[current[-1]].add(tuple(x.shape))
         return x, y
     monkeypatch.setattr(tr, "collate_batch", spy)
     runs, models = [], []
     for run, c in (("plain", cfg), ("bucketed", bucketed)):
+        current.append(run)
         models.append(make(kind, c))
         runs.append(tr.train(models[-1], c, train_ds, test_ds, save=False))
     assert seen == shapes

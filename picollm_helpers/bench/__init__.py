@@ -1,4 +1,4 @@
-"""Speed measurements that print ratios: `python -m picollm_helpers.bench [speed|full|models|data|all]`.
+"""Speed measurements that print ratios: `python -m picollm_helpers.bench [speed|full|train|models|data|all]`.
 
 speed   the machine's own limits first (matmul peak of each precision, memory read bandwidth), then
         each model's training step as tokens/s, achieved FLOP/s, MFU (model FLOP/s over the
@@ -8,6 +8,10 @@ speed   the machine's own limits first (matmul peak of each precision, memory re
         On a CUDA GPU it ends with `full`.
 full    the full profile's TinyStories transformer (E=512, L=6, T=512, B=16) in fp32 and bf16,
         eager and compiled: the GPU case (skipped on a CPU).
+train   the real train() for a few hundred steps on synthetic stories: non-padding tokens/s after the
+        first epoch against the benchmark's row for the same step, and the first epoch's warm-up. On
+        a GPU the full profile (padded to the longest, length buckets with CUDA graphs, packed), on a
+        CPU the laptop profile.
 models  implementations side by side: k-gram vectorized vs per-token loop, KV cache vs none,
         SDPA vs explicit attention.
 data    tokenizing 100,000 synthetic stories, first and from the cache; building batches.
@@ -29,8 +33,11 @@ import time
 from .compare import bench_models
 from .speed import bench_full, bench_speed, print_targets
 from .tokenizing import bench_data
+from .training import bench_train
 
-CASES = {"speed": bench_speed, "full": bench_full, "models": bench_models, "data": bench_data}
+CASES = {"speed": bench_speed, "full": bench_full, "train": bench_train, "models": bench_models,
+         "data": bench_data}
+COMPILING = ("speed", "full", "train")   # the cases that take --no-compile
 
 
 def main(argv=None):
@@ -46,10 +53,10 @@ def main(argv=None):
         if args.case == name or (args.case == "all" and name != "full"):  # `speed` runs `full`
             print(f"== {name}")
             t0 = time.perf_counter()
-            out = case(results, compile=args.compile) if name in ("speed", "full") else case(results)
+            out = case(results, compile=args.compile) if name in COMPILING else case(results)
             results.update(out)
             print(f"({name}: {time.perf_counter() - t0:.0f} s)")
-    if args.case == "full":
+    if args.case in ("full", "train"):
         print_targets(results)
     if args.case == "all":
         print(f"== summary ({time.perf_counter() - t_all:.0f} s in all)")
