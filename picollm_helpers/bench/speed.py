@@ -409,10 +409,12 @@ def print_targets(results):
             lines.append("  MISS cached and uncached generation give different tokens")
     if "train_ratio" in results:
         ref = results["train_reference"]
-        for key, what in (("train_profile_ratio", "the profile's own setting"),
-                          ("train_ratio", f"its fastest variant, {results['train_best_label']}")):
-            r = results[key]
-            check(f"train(), {what}: non-padding tok/s / {ref.label}", r, f">= {TRAIN_TARGET}", r >= TRAIN_TARGET)
+        r = results["train_profile_ratio"]
+        check(f"train() in the profile's setting: non-padding tok/s / {ref.label}", r, f">= {TRAIN_TARGET}",
+              r >= TRAIN_TARGET)
+        if results["train_ratio"] > r:
+            r = results["train_ratio"]
+            check(f"  its fastest variant ({results['train_best_label']})", r, f">= {TRAIN_TARGET}", r >= TRAIN_TARGET)
     if lines:
         print("ratios against the speed goals:")
         print("\n".join(lines))
