@@ -363,6 +363,32 @@ def minutes_table(lessons: list[LessonResults]) -> str:
     return "\n".join(rows) + "\n"
 
 
+README_BEGIN, README_END = "<!-- minutes:begin", "<!-- minutes:end -->"
+
+
+def readme_minutes(lessons: list[LessonResults]) -> str:
+    """The README's block between its minutes markers: the table and the total wall time."""
+    total = sum(r.wall_time_s or 0 for r in lessons)
+    return (f"{README_BEGIN} (written by `make report` from results/NN_*.json after a sequential `make run`) -->\n"
+            + minutes_table(lessons)
+            + f"\nAll {len(lessons)} lessons in sequence: {round(total / 60)} minutes.\n{README_END}")
+
+
+def update_readme(readme: Path, lessons: list[LessonResults]) -> str:
+    """Rewrite the README's minutes block from laptop-profile results; returns what was done."""
+    if not lessons or any(r.profile != "laptop" for r in lessons):
+        return f"{readme.name}: its table shows the laptop profile; left as is (these results are not all laptop)"
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return f"{readme.name}: no minutes markers ({README_BEGIN} ... {README_END}); left as is"
+    new = text[:start] + readme_minutes(lessons) + text[end + len(README_END):]
+    if new == text:
+        return f"{readme.name}: its minutes table is up to date"
+    write_text(readme, new)
+    return f"{readme.name}: minutes table rewritten"
+
+
 def write_report(folder=None) -> Path:
     """Render every NN_*.json in `folder` (default: results_dir()) into its REPORT.md; return the path."""
     folder = Path(folder) if folder is not None else results_dir()
@@ -372,8 +398,11 @@ def write_report(folder=None) -> Path:
 
 def main() -> None:
     path = write_report()
-    n = len(list(path.parent.glob("[0-9][0-9]_*.json")))
+    lessons = [LessonResults.load(p) for p in sorted(path.parent.glob("[0-9][0-9]_*.json"))]
+    n = len(lessons)
     print(f"{path}: {n} lesson results file{'s' if n != 1 else ''}" + ("" if n else " (no results yet)"))
+    if path.parent.resolve() == (repo_root() / "results").resolve() and (repo_root() / "README.md").is_file():
+        print(update_readme(repo_root() / "README.md", lessons))  # the kit's own results: its README's table
 
 
 if __name__ == "__main__":

@@ -222,3 +222,24 @@ def test_the_report_shows_where_each_lessons_time_went(results_in_tmp):
     text = render_report([LessonResults.load(r.path)])
     row = next(line for line in text.splitlines() if line.startswith("| 03_top_p_sampling |") and "2 min" in line)
     assert "| 2 min 10 s | 1 min 40 s | 5.0 s | 20.0 s | 2.0 s | 3.0 s |" in row
+
+
+def test_the_readme_minutes_block_is_rewritten_from_laptop_results_only(tmp_path):
+    def lesson(name, wall, profile="laptop"):
+        r = LessonResults(name)
+        r.profile, r.wall_time_s = profile, wall
+        r.time_s = {"train": wall - 10, "evaluate": 4.0, "generate": 1.0, "plot": 1.0, "other": 4.0}
+        return r
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Kit\n\nintro\n\n{R.README_BEGIN} old -->\n| stale |\n{R.README_END}\n\n## Next\n")
+    lessons = [lesson("02_kgram_mlp", 90.0), lesson("01_sanity_checks", 30.0)]
+    assert R.update_readme(readme, lessons) == "README.md: minutes table rewritten"
+    text = readme.read_text()
+    assert text.startswith("# Kit\n\nintro\n\n") and text.endswith(f"{R.README_END}\n\n## Next\n")
+    assert "| stale |" not in text and "All 2 lessons in sequence: 2 minutes." in text
+    assert text.index("| 01_sanity_checks | laptop | 30.0 s | 20.0 s |") < text.index("| 02_kgram_mlp |")
+    assert R.update_readme(readme, lessons) == "README.md: its minutes table is up to date"
+    smoke = [lesson("01_sanity_checks", 3.0, profile="smoke")]
+    assert "left as is" in R.update_readme(readme, smoke) and readme.read_text() == text
+    readme.write_text("no markers\n")
+    assert "no minutes markers" in R.update_readme(readme, lessons) and readme.read_text() == "no markers\n"
