@@ -329,8 +329,10 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    cuda_graphs = False
     if cfg.compile:
         settings = compile_settings(cfg, device)
+        cuda_graphs = settings.get("mode") == "reduce-overhead"
         n_shapes = -(-cfg.block_size // cfg.length_bucket) if cfg.length_bucket else cfg.block_size
         step_fn = _compile_or_eager(step_fn, name, n_shapes, **settings)
         if main and settings:
@@ -394,6 +396,11 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
                 group["lr"] = lr_at(global_step, total_steps, cfg)
             global_step += 1
 
+            # Before the forward: under CUDA graphs the next replay reuses the memory that holds
+            # the previous step's gradients, so none may outlive their step.
+            optimizer.zero_grad(set_to_none=True)
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # a new training step: replay from the start
             with autocast(device, cfg):
                 step_loss_sum = step_fn(x, y)
             # DDP averages gradients over ranks: scaling by world/n_tok makes them the gradient of
@@ -403,7 +410,6 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             if not late:  # stop before a NaN loss is backpropagated
                 loss_value = finite(global_step, "loss", loss_t.item())
 
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step_callback is not None:
                 extra = step_callback(global_step, model, loss_value)
