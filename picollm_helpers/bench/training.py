@@ -65,15 +65,17 @@ def bench_train(results, compile=True, steps=100, epochs=3, shape=None):
     shape = shape or default_shape
     if device.type == "cuda" and "full_best_bf16" not in results:
         results = {**results, **bench_full(results, compile=compile)}
-    n_stories = int(steps * shape["B"] * 1.2) + 1
+    # Enough stories for `steps` batches one story per example, and as packed windows of T + 1 tokens
+    # (a synthetic story has ~176 GPT-2 tokens; 150 leaves room).
+    n_stories = int(steps * shape["B"] * 1.2 * max(1.0, (shape["T"] + 1) / 150)) + 1
     rows, out = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         path = _stories_file(Path(tmp), n_stories)
-        base = RunConfig.for_profile(
-            profile, tinystories_weight=0.0, input_files=(str(path),), test_fraction=0.05,
-            embed_size=shape["E"], n_blocks=shape["L"], n_heads=shape["H"], block_size=shape["T"],
-            batch_size=shape["B"], epochs=epochs, max_steps_per_epoch=steps, pos_emb="learned",
-            output_dir=str(Path(tmp) / "runs"), **({} if compile else {"compile": False}))
+        run = dict(tinystories_weight=0.0, input_files=(str(path),), test_fraction=0.05, embed_size=shape["E"],
+                   n_blocks=shape["L"], n_heads=shape["H"], block_size=shape["T"], batch_size=shape["B"],
+                   epochs=epochs, max_steps_per_epoch=steps, pos_emb="learned",
+                   output_dir=str(Path(tmp) / "runs"), **({} if compile else {"compile": False}))
+        base = RunConfig.for_profile(profile, laptop=run, **run)  # this shape, not the profile's caps
         print(f"data: {n_stories:,} synthetic stories (the kit's offline TinyStories stand-in); "
               f"{profile} profile's transformer (E={shape['E']}, L={shape['L']}, H={shape['H']}, "
               f"T={shape['T']}, B={shape['B']}), {epochs} epochs x {steps} steps per variant")
@@ -92,12 +94,12 @@ def bench_train(results, compile=True, steps=100, epochs=3, shape=None):
     reference = _reference_row(results, device, rows[0][4], rows[0][5], shape)
     print(f"train(), {epochs * steps} steps each: non-padding target tokens/s after the first epoch, "
           f"against {reference.label} ({reference.tokens_per_s:,.0f} tok/s)")
-    print(f"  {'setting':<66} {'tok/s':>8} {'filled':>7} {'warm-up':>8} {'vs row':>7}")
+    print(f"  {'setting':<66} {'tok/s':>8} {'of BxT':>7} {'warm-up':>8} {'vs row':>7}")
     for label, rate, warmup, filled, _, _ in rows:
         print(f"  {label:<66} {rate:>8,.0f} {filled:>6.0%} {max(warmup, 0):>7.1f}s "
               f"{rate / reference.tokens_per_s:>6.2f}x")
-    print("  (filled: non-padding targets over batch_size x block_size per step; warm-up: the first epoch's "
-          "time beyond the steady rate, compiling included)")
+    print("  (of BxT: non-padding targets per step over batch_size x block_size, the row's tokens per step; "
+          "warm-up: the first epoch's time beyond the steady rate, compiling included)")
     best = max(rows, key=lambda r: r[1])
     out.update(train_rows=[(r[0], r[1], r[2], r[3]) for r in rows], train_reference=reference,
                train_best_label=best[0], train_ratio=best[1] / reference.tokens_per_s,
