@@ -2,8 +2,9 @@
 
 speed   the machine's own limits first (matmul peak of each precision, memory read bandwidth), then
         each model's training step as tokens/s, achieved FLOP/s, MFU (model FLOP/s over the
-        measured peak of the precision used) and peak memory; greedy generation against the time
-        to read the weights once; the settings it recommends; the ratios against the targets.
+        measured peak of the precision used) and peak memory; greedy generation at batch 1 against
+        the time to read the weights once (and its tokens against uncached generation's); batched
+        sampling at 1, 8 and 64 samples; the settings it recommends; the ratios against the targets.
         The transformer rows include one under torch.compile (--no-compile leaves it out).
         On a CUDA GPU it ends with `full`.
 full    the full profile's TinyStories transformer (E=512, L=6, T=512, B=16) in fp32 and bf16,

@@ -1,6 +1,6 @@
 """The `speed` and `full` cases: the machine's limits, each model's training step, greedy decoding
-against the weight-read time, the settings each profile should use, and the ratios against the
-targets."""
+against the weight-read time, batched sampling, the settings each profile should use, and the
+ratios against the targets."""
 
 from __future__ import annotations
 
