@@ -58,8 +58,9 @@ PROFILE_CAPS: dict[str, dict[str, int]] = {
 # - laptop (a 2-core CPU): train over only the token ids the corpus uses (tokenizer.CompactTokenizer;
 #   the output layer gets ~10-20x cheaper), and compute the output layer and its loss 512 rows at a
 #   time, fused with their gradient (loss.FusedLinearCE: same loss and gradients, a fraction
-#   of the memory). fp32: that CPU has no fast bf16 matmul. No torch.compile: compiling costs more
-#   per run than it saves in a laptop run.
+#   of the memory). fp32: most laptop CPUs have no fast bf16 matmul, and a lesson's numbers should
+#   not depend on the CPU (README, Profiles). No torch.compile: compiling costs more per run than it
+#   saves in a laptop run.
 # - full (one GPU): the report's 50257-way softmax with full logits (the fused loss is slower on a
 #   GPU), bf16 autocast where the device has fast bf16 matmuls (precision="auto") and torch.compile:
 #   together several times faster than fp32 eager on an H200 (README, Speed).
@@ -348,8 +349,8 @@ class RunConfig:
 
 def resolve_precision(precision: str, device) -> str:
     """"fp32" or "bf16" for a run on `device`. "auto" is bf16 autocast on a CUDA GPU with bf16
-    support and fp32 elsewhere: CPUs without bf16 matrix units (AMX) run bf16 matmuls several times
-    slower than fp32 (0.2x on the 2-core CPU the kit is tested on)."""
+    support and fp32 elsewhere: CPUs without bf16 matrix units (AMX), most laptops', run bf16 matmuls
+    several times slower than fp32, and on those with AMX a lesson's numbers would change with the CPU."""
     if precision != "auto":
         return precision
     import torch
