@@ -80,6 +80,19 @@ def _reads_losses_late(device: torch.device, step_callback) -> bool:
     return device.type == "cuda" and step_callback is None
 
 
+def _host_copies(device: torch.device, *tensors):
+    """(host copies of tensors, wait). On a GPU the copies are queued behind the work that computes
+    the tensors, and wait() blocks until that work and the copies are done, not for anything queued
+    later (tensor.item() would wait for the whole stream). Elsewhere: the tensors, and a wait that
+    returns at once."""
+    if device.type != "cuda":
+        return tensors, lambda: None
+    host = tuple(None if t is None else t.detach().to("cpu", non_blocking=True) for t in tensors)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done.synchronize
+
+
 def autocast(device: torch.device, cfg):
     precision = resolve_precision(cfg.precision, device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -358,7 +371,7 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         bar = progress(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main)
         epoch_losses = []
         late = _reads_losses_late(device, step_callback)
-        pending = None  # with `late`: (step, loss, gradient norm) of a step still on the GPU
+        pending = None  # with `late`: (step, loss, gradient norm, wait) of a step still on the GPU
         epoch_time, epoch_tokens = 0.0, 0
 
         # The helpers below belong to this epoch: its number, loss list and bar are bound here.
@@ -373,8 +386,9 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             live.update(history, step)
 
-        def settle(step, loss_t, norm_t, finite=finite, record=record):
+        def settle(step, loss_t, norm_t, wait, finite=finite, record=record):
             """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
+            wait()
             loss_value = finite(step, "loss", loss_t.item())
             if norm_t is not None:
                 finite(step, "gradient norm", norm_t.item())
@@ -426,11 +440,13 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             if not late:
                 record(global_step, loss_value)
             else:
-                # This step is queued on the GPU; reading the previous one's numbers now waits only
-                # for work that is done or nearly done, so the GPU never idles while Python works.
+                # This step is queued on the GPU. Queue copies of its loss and gradient norm behind
+                # it, then read the previous step's copies: that waits for the previous step only,
+                # so the GPU runs this one while Python prepares the next batch.
+                host, wait = _host_copies(device, loss_t, norm)
                 if pending is not None:
                     settle(*pending)
-                pending = (global_step, loss_t, norm)
+                pending = (global_step, *host, wait)
             epoch_time += time.time() - t0
         if pending is not None:
             t0 = time.time()
