@@ -60,6 +60,8 @@ def _steady(history):
 def bench_train(results, compile=True, steps=100, epochs=3, shape=None):
     """train() for epochs x steps optimizer steps per variant; prints one row each and the ratio.
     shape: another model shape than the profile's (dict of E, L, H, T, B), e.g. a tiny one."""
+    if epochs < 2:
+        raise ValueError(f"epochs={epochs}: the steady rate is measured after the first epoch; use 2 or more")
     device = _device(results)
     profile, default_shape, variants = _variants(device)
     shape = shape or default_shape
@@ -89,8 +91,8 @@ def bench_train(results, compile=True, steps=100, epochs=3, shape=None):
             model = build_model("transformer", cfg, vocab_size=train_ds.vocab_size)
             history = train(model, cfg, train_ds, test_ds, tokenizer=None, name="bench", save=False)
             rate, warmup = _steady(history)
-            padded = steps * cfg.batch_size * epochs * cfg.block_size  # targets, had every batch been full
-            rows.append((label, rate, warmup, history.tokens_seen / padded, cfg, train_ds.vocab_size))
+            full = steps * cfg.batch_size * epochs * cfg.block_size  # targets, had every batch been full
+            rows.append((label, rate, warmup, history.tokens_seen / full, cfg, train_ds.vocab_size))
     reference = _reference_row(results, device, rows[0][4], rows[0][5], shape)
     print(f"train(), {epochs * steps} steps each: non-padding target tokens/s after the first epoch, "
           f"against {reference.label} ({reference.tokens_per_s:,.0f} tok/s)")
