@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .config import IGNORE_INDEX, cache_dir
-from .data import cache_key, load_text_files, load_tinystories, load_wiki
+from .data import cache_key, cache_note, load_text_files, load_tinystories, load_wiki, texts_digest
 from .errors import DataError
 from .files import write_bytes
 from .progress import progress
@@ -49,24 +49,21 @@ def _ids_digest(tokens: torch.Tensor) -> str:
 def _read_tokens_cache(path, key: str, n_texts: int):
     """(tokens, lengths) from a cache file, or None, with a one-line note, when it does not match its key:
     unreadable, another key, not int tensors, lengths that do not add up, or ids that fail their sha256."""
-    def rebuilt(why):
-        print(f"cache: {path.name} {why}; rebuilt (the file is replaced, nothing is trained on it)")
-
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as e:  # truncated, empty, or not a torch file
-        return rebuilt(f"is unreadable ({type(e).__name__})")
+        return cache_note(path, f"is unreadable ({type(e).__name__})")
     tokens, lengths = (saved.get("tokens"), saved.get("lengths")) if isinstance(saved, dict) else (None, None)
     if not (isinstance(tokens, torch.Tensor) and tokens.dtype == torch.int32 and tokens.dim() == 1
             and isinstance(lengths, torch.Tensor) and lengths.dtype == torch.int64 and lengths.dim() == 1):
-        return rebuilt("does not hold int32 token ids and int64 lengths")
+        return cache_note(path, "does not hold int32 token ids and int64 lengths")
     if saved.get("key") != key:
-        return rebuilt("belongs to another key")
+        return cache_note(path, "belongs to another key")
     if len(lengths) != n_texts or int(lengths.sum()) != tokens.numel() or bool((lengths < 0).any()):
-        return rebuilt(f"holds {len(lengths)} lengths summing to {int(lengths.sum())} for {tokens.numel()} "
-                       f"ids and {n_texts} texts")
+        return cache_note(path, f"holds {len(lengths)} lengths summing to {int(lengths.sum())} for "
+                                f"{tokens.numel()} ids and {n_texts} texts")
     if saved.get("sha256") != _ids_digest(tokens):
-        return rebuilt("holds ids that do not match their fingerprint")
+        return cache_note(path, "holds ids that do not match their fingerprint")
     return tokens, lengths
 
 
@@ -82,11 +79,7 @@ def tokenize_texts(texts: list[str], tokenizer, name: str = "texts") -> tuple[to
         tokens, lengths = tokenize_texts(texts, tokenizer.base, name)
         return tokenizer.from_base[tokens.long()].to(torch.int32), lengths
 
-    digest = hashlib.sha256()
-    for t in texts:
-        digest.update(t.encode("utf-8"))
-        digest.update(b"\0")
-    key = cache_key(_tokenizer_key(tokenizer), digest.hexdigest(), len(texts))
+    key = cache_key(_tokenizer_key(tokenizer), texts_digest(texts), len(texts))
     path = cache_dir() / "tokens" / f"{name}-{key}.pt"
     if path.exists():
         cached = _read_tokens_cache(path, key, len(texts))

@@ -124,7 +124,8 @@ def _texts_cache_path(name: str, key_parts: tuple) -> Path:
     return cache_dir() / "texts" / f"{name}-{cache_key(name, *key_parts)}.json"
 
 
-def _texts_digest(texts: list[str]) -> str:
+def texts_digest(texts: list[str]) -> str:
+    """sha256 of the texts in order, each ended by a NUL byte: their fingerprint in the caches."""
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -132,7 +133,8 @@ def _texts_digest(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def _cache_note(path: Path, why: str) -> None:
+def cache_note(path: Path, why: str) -> None:
+    """The one line a cache file that does not match its key prints before it is rebuilt."""
     print(f"cache: {_display(path)} {why}; rebuilt (the file is replaced, nothing is trained on it)")
 
 
@@ -141,17 +143,17 @@ def _read_texts_cache(path: Path, key: str) -> list[str] | None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        return _cache_note(path, f"is unreadable ({type(e).__name__})")
+        return cache_note(path, f"is unreadable ({type(e).__name__})")
     if isinstance(saved, list) and all(isinstance(t, str) for t in saved):
         _write_texts_cache(path, key, saved)  # the format before fingerprints: kept, and fingerprinted now
         return saved
     texts = saved.get("texts") if isinstance(saved, dict) else None
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        return _cache_note(path, "does not hold a list of texts")
+        return cache_note(path, "does not hold a list of texts")
     if saved.get("key") != key:
-        return _cache_note(path, "belongs to another key")
-    if saved.get("n") != len(texts) or saved.get("sha256") != _texts_digest(texts):
-        return _cache_note(path, f"holds {len(texts)} texts that do not match its fingerprint")
+        return cache_note(path, "belongs to another key")
+    if saved.get("n") != len(texts) or saved.get("sha256") != texts_digest(texts):
+        return cache_note(path, f"holds {len(texts)} texts that do not match its fingerprint")
     return texts
 
 
@@ -172,7 +174,7 @@ def _cached_texts(name: str, key_parts: tuple, make) -> tuple[list[str], bool]:
 
 
 def _write_texts_cache(path: Path, key: str, texts: list[str]) -> None:
-    record = {"key": key, "n": len(texts), "sha256": _texts_digest(texts), "texts": texts}
+    record = {"key": key, "n": len(texts), "sha256": texts_digest(texts), "texts": texts}
     write_bytes(path, json.dumps(record, ensure_ascii=False).encode("utf-8"))
 
 

@@ -370,5 +370,5 @@ def test_a_texts_cache_in_the_format_before_fingerprints_is_kept_and_fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(["an earlier download"]))
     assert data._cached_texts("cachetest", ("k",), lambda: ["made again"]) == (["an earlier download"], True)
-    assert json.loads(path.read_text())["sha256"] == data._texts_digest(["an earlier download"])
+    assert json.loads(path.read_text())["sha256"] == data.texts_digest(["an earlier download"])
     assert capsys.readouterr().out == ""
