@@ -28,7 +28,7 @@ from ..stories import generate_stories
 from ..timing import train_flops_per_token
 from ..tokenizer import get_tokenizer
 from ..training import steps_per_epoch, train
-from .speed import FULL, LAPTOP, _device, _peak_fns, bench_full
+from .speed import FULL, LAPTOP, _device, _peak_fns, _tokens, bench_full
 from .steps import Row, kit_step_fn, measure_steps
 
 
@@ -116,9 +116,7 @@ def _reference_row(results, device, cfg, vocab_size, shape) -> Row:
         return results["full_best_bf16"]
     torch.manual_seed(0)
     model = build_model("transformer", cfg, vocab_size=vocab_size).to(device)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, vocab_size, (shape["B"], shape["T"]), generator=g).to(device)
-    y = torch.randint(0, vocab_size, (shape["B"], shape["T"]), generator=g).to(device)
+    x, y = _tokens(shape["B"], shape["T"], vocab_size, device)
     precision = resolve_precision(cfg.precision, device)
     label = (f"the benchmark's step at this shape ({precision}, loss chunk {cfg.loss_chunk_size}, V={vocab_size}, "
              f"fused AdamW)")
