@@ -3,8 +3,9 @@
     top_p_filter = check_top_p_filter(top_p_filter)
 
 runs the student's function (or class) and the kit's reference on the same small hand-made and
-random cases and prints one verdict: passed (how many cases), or the first failing case with its
-input, the expected and the received value and a hint. It returns what the lesson goes on with:
+random cases and prints one verdict: "the kit's checks passed (N cases)", or the first failing case
+with its input, the expected and the received value and where they first differ (the recipe is
+the exercise's hint, in the notebook, not in the message). It returns what the lesson goes on with:
 the student's code when it passed, the kit's reference otherwise, so a lesson whose exercises are
 not done yet still runs to the end. `CHECKS[name].run(fn)` gives the Verdict without printing.
 

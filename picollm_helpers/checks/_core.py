@@ -66,45 +66,68 @@ def describe(x, limit: int = 12) -> str:
     if isinstance(x, torch.nn.Module):
         n = sum(p.numel() for p in x.parameters())
         return f"{type(x).__name__} ({n} parameters)"
-    if isinstance(x, (tuple, list)):
+    if isinstance(x, list):
+        return "a list [" + ", ".join(describe(v, limit) for v in x) + "]"
+    if isinstance(x, tuple):
         return "(" + ", ".join(describe(v, limit) for v in x) + ")"
     if isinstance(x, float):
         return f"{x:.6g}"
     return repr(x)
 
 
+def _position(flat_index: int, shape) -> tuple:
+    """A flat (row-major) index as a position in shape, e.g. 7 in (2, 5) -> (1, 2)."""
+    pos = []
+    for size in reversed(tuple(shape)):
+        pos.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(pos))
+
+
+def _entry(x: float) -> str:
+    # 10 significant digits: enough to see a float32 rounding next to the float64 value
+    return f"{x:.10g}" if math.isfinite(x) else str(x)
+
+
 def compare_values(expected, got, atol: float, rtol: float, where: str = "the result") -> None:
     """Raise Mismatch, in words, when got differs from expected beyond the tolerance.
 
     Tensors must have the same shape and dtype; -inf and +inf must sit at the same places; the
-    finite entries must agree within atol + rtol * |expected|. Tuples and lists compare item by item.
+    finite entries must agree within atol + rtol * |expected|. The message says how many entries
+    differ, the first position (row-major) where they do with both values there, and the largest
+    difference. Tuples and lists compare item by item.
     """
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
-            raise Mismatch(f"{where} should be a tensor of shape {tuple(expected.shape)}, got {describe(got)}")
+            raise Mismatch(f"{where} should be a {str(expected.dtype).replace('torch.', '')} tensor of shape "
+                           f"{tuple(expected.shape)}, got {describe(got)}")
         if got.shape != expected.shape:
             raise Mismatch(f"{where} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
         if got.dtype != expected.dtype:
-            raise Mismatch(f"{where} has dtype {got.dtype}, expected {expected.dtype}")
-        e, g = expected.detach().double().cpu(), got.detach().double().cpu()
-        if e.dtype.is_floating_point or e.is_complex():
-            inf_e, inf_g = torch.isinf(e), torch.isinf(g)
-            if not torch.equal(inf_e, inf_g) or not torch.equal(e[inf_e], g[inf_e]):
-                n = int((inf_e != inf_g).sum())
-                raise Mismatch(f"{where}: {n} entries are infinite in one and not in the other "
-                               f"(expected {int(inf_e.sum())} infinite entries, got {int(inf_g.sum())})")
-            if torch.isnan(g).any() and not torch.isnan(e).any():
-                raise Mismatch(f"{where} contains NaN ({int(torch.isnan(g).sum())} entries)")
-            fin = ~inf_e & ~torch.isnan(e)
-            diff = (e[fin] - g[fin]).abs()
-            bound = atol + rtol * e[fin].abs()
-            if diff.numel() and bool((diff > bound).any()):
-                i = int((diff - bound).argmax())
-                raise Mismatch(f"{where}: max abs difference {float(diff.max()):.3g} "
-                               f"(tolerance {atol:g} + {rtol:g} x |expected|; worst entry: expected "
-                               f"{float(e[fin][i]):.6g}, got {float(g[fin][i]):.6g})")
-        elif not torch.equal(e, g):
-            raise Mismatch(f"{where}: {int((e != g).sum())} of {e.numel()} entries differ")
+            raise Mismatch(f"{where} has dtype {str(got.dtype).replace('torch.', '')}, "
+                           f"expected {str(expected.dtype).replace('torch.', '')}")
+        e, g = expected.detach().double().cpu().flatten(), got.detach().double().cpu().flatten()
+        if expected.dtype.is_floating_point:
+            inf_e, inf_g, nan_e, nan_g = torch.isinf(e), torch.isinf(g), torch.isnan(e), torch.isnan(g)
+            fin = ~inf_e & ~inf_g & ~nan_e & ~nan_g
+            diff = torch.where(fin, (e - g).abs(), torch.zeros_like(e))
+            bad = (inf_e != inf_g) | (inf_e & inf_g & (e != g)) | (nan_g & ~nan_e) | (diff > atol + rtol * e.abs())
+            tolerance = f" beyond the tolerance {atol:g} + {rtol:g} x |expected|" if atol or rtol else ""
+        else:
+            bad, diff, tolerance = e != g, (e - g).abs(), ""
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            text = (f"{where}: {int(bad.sum())} of {e.numel()} entries differ{tolerance}; the first at position "
+                    f"{_position(i, expected.shape)}: expected {_entry(float(e[i]))}, got {_entry(float(g[i]))}")
+            n_inf = int((torch.isinf(e) != torch.isinf(g)).sum()) if expected.dtype.is_floating_point else 0
+            if n_inf:
+                text += (f"; {n_inf} entries are infinite in one and not in the other (expected "
+                         f"{int(torch.isinf(e).sum())} infinite entries, got {int(torch.isinf(g).sum())})")
+            if expected.dtype.is_floating_point and bool(torch.isnan(g).any()):
+                text += f"; yours has {int(torch.isnan(g).sum())} NaN entries"
+            if float(diff.max()) > 0:
+                text += f"; largest finite difference {float(diff.max()):.3g}"
+            raise Mismatch(text)
         return
     if isinstance(expected, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
@@ -116,8 +139,8 @@ def compare_values(expected, got, atol: float, rtol: float, where: str = "the re
         if not isinstance(got, (int, float)) or isinstance(got, bool):
             raise Mismatch(f"{where} should be a number, got {describe(got)}")
         if not math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol):
-            raise Mismatch(f"{where} is {got:.6g}, expected {expected:.6g} "
-                           f"(tolerance {atol:g} + {rtol:g} x |expected|)")
+            raise Mismatch(f"{where} is {got:.6g}, expected {expected:.6g}: a difference of "
+                           f"{abs(float(got) - float(expected)):.3g} (tolerance {atol:g} + {rtol:g} x |expected|)")
         return
     if got != expected:
         raise Mismatch(f"{where} is {describe(got)}, expected {describe(expected)}")
@@ -138,17 +161,22 @@ class Check:
 
     name: the exercise (as in its `# EXERCISE name` marker); reference: the kit's implementation;
     cases: a function returning the list of Cases; observe(impl, *args, **kwargs): what is compared
-    (default: impl(*args, **kwargs)); hint: one line shown when a case fails.
+    (default: impl(*args, **kwargs)); used: what the lesson goes on with after a failure, in words.
+    kit_names: the kit's public names whose code is this exercise's answer: a lesson must not
+    import them or show their source before the check (tests/test_exercises.py holds it to that).
+
+    A failure says which case, the input, the expected and the received value and where they first
+    differ, never the recipe again: the recipe is the exercise's hint, in the notebook.
     """
 
     name: str
     reference: Callable
     cases: Callable[[], list]
-    hint: str
     observe: Callable | None = None
     atol: float = 1e-5
     rtol: float = 1e-4
     used: str = "the kit's reference implementation"
+    kit_names: tuple = ()
     _cases: list = field(default=None, repr=False)
 
     def _observe(self, impl, args, kwargs):
@@ -167,7 +195,7 @@ class Check:
                 got = self._observe(fn, args, kwargs)
             except Mismatch as m:
                 return Verdict(self.name, "failed", n + 1, f"{self.name}: failed case {n + 1} of "
-                               f"{len(self._cases)}: {case.label}\n  {m}\n  hint: {self.hint}")
+                               f"{len(self._cases)}: {case.label}\n  {m}")
             except NotImplementedError:
                 return Verdict(self.name, "not implemented", n,
                                f"{self.name}: not implemented yet (the stub still raises NotImplementedError)")
@@ -181,8 +209,9 @@ class Check:
                 return Verdict(self.name, "failed", n + 1,
                                f"{self.name}: failed case {n + 1} of {len(self._cases)}: {case.label}\n"
                                f"  input: {shown}\n  expected: {describe(expected)}\n  received: {describe(got)}\n"
-                               f"  {m}\n  hint: {self.hint}")
-        return Verdict(self.name, "passed", len(self._cases), f"{self.name}: passed all {len(self._cases)} cases")
+                               f"  {m}")
+        return Verdict(self.name, "passed", len(self._cases),
+                       f"{self.name}: the kit's checks passed ({len(self._cases)} cases)")
 
     def __call__(self, fn, quiet: bool = False):
         """Check fn, print the verdict, and return what the lesson should use next."""

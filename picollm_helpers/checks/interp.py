@@ -40,6 +40,4 @@ def _cases():
 
 
 check_previous_token_score = Check(
-    "previous_token_score", previous_token_score, _cases, atol=1e-6, rtol=1e-5,
-    hint="for queries q = 1..T-1 read pattern[..., q, q-1] (advanced indexing with two aranges), then average "
-         "over the batch and those queries, leaving one number per head; query 0 has no previous token")
+    "previous_token_score", previous_token_score, _cases, atol=1e-6, rtol=1e-5, kit_names=("pattern_scores",))

@@ -34,7 +34,4 @@ def _cases():
 
 
 check_kgram_logits = Check(
-    "kgram_logits", kgram_logits, _cases, observe=_observe, atol=1e-5, rtol=1e-4,
-    hint="left-pad idx with k-1 copies of model.pad_id, take the k tokens ending at each position "
-         "(unfold(1, k, 1)), embed them (or one-hot them) and concatenate the k vectors, then in_proj, SiLU, "
-         "model.inner and model.lm_head")
+    "kgram_logits", kgram_logits, _cases, observe=_observe, atol=1e-5, rtol=1e-4, kit_names=("kgram_forward_loop",))

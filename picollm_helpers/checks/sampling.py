@@ -35,9 +35,7 @@ def _top_p_cases():
 
 
 check_top_p_filter = Check(
-    "top_p_filter", top_p_filter, _top_p_cases, atol=0.0, rtol=0.0,
-    hint="sort the probabilities in descending order, keep each token while the tokens ranked above it "
-         "sum to less than p (so the one that crosses p is kept), set the rest to -inf, and undo the sort")
+    "top_p_filter", top_p_filter, _top_p_cases, atol=0.0, rtol=0.0, kit_names=("top_p_filter",))
 
 
 def _top_k_cases():
@@ -54,6 +52,4 @@ def _top_k_cases():
 
 
 check_top_k_filter = Check(
-    "top_k_filter", top_k_filter, _top_k_cases, atol=0.0, rtol=0.0,
-    hint="find the k-th largest logit of each row (torch.topk) and set every logit below it to -inf; "
-         "work on the last dimension so batches work too")
+    "top_k_filter", top_k_filter, _top_k_cases, atol=0.0, rtol=0.0, kit_names=("top_k_filter",))

@@ -56,9 +56,7 @@ def _rms_cases():
 check_rms_norm = Check(
     "rms_norm", RMSNorm, _rms_cases,
     observe=_module_observe(RMSNorm, lambda cls, eps: cls(8, eps=eps), (2, 5, 8)),
-    used="the kit's RMSNorm (picollm_helpers.models.transformer.RMSNorm)",
-    hint="y = x / sqrt(mean(x**2 over the last dimension) + eps) * weight, with eps = torch.finfo(x.dtype).eps "
-         "when self.eps is None; no mean is subtracted")
+    used="the kit's RMSNorm", kit_names=("RMSNorm",))
 
 
 # One attention head -------------------------------------------------------------------------------
@@ -83,9 +81,7 @@ def _head_cases():
 
 
 check_attention_head = Check(
-    "attention_head", attention_head, _head_cases, atol=1e-5, rtol=1e-4,
-    hint="q, k, v = x @ w_q, x @ w_k, x @ w_v; scores = q @ k.transpose(-2, -1) / sqrt(head size); set the scores "
-         "of keys after each query (above the diagonal) to -inf; softmax over the last dimension; @ v")
+    "attention_head", attention_head, _head_cases, atol=1e-5, rtol=1e-4)
 
 
 # Multi-head causal self-attention ----------------------------------------------------------------
@@ -104,9 +100,7 @@ def _mha_observe(cls, seed, E, H):
 
 check_causal_self_attention = Check(
     "causal_self_attention", CausalSelfAttention, _mha_cases, observe=_mha_observe, atol=1e-5, rtol=1e-4,
-    used="the kit's CausalSelfAttention",
-    hint="qkv(x).view(B, T, 3, H, hd) then permute to three (B, H, T, hd) tensors; attention per head with the "
-         "causal mask and 1/sqrt(hd); the heads' outputs back to (B, T, H * hd) (transpose, reshape), then proj")
+    used="the kit's CausalSelfAttention", kit_names=("CausalSelfAttention",))
 
 
 # The block ---------------------------------------------------------------------------------------
@@ -124,9 +118,7 @@ def _block_observe(cls, seed, post):
 
 check_transformer_block = Check(
     "transformer_block", Block, _block_cases, observe=_block_observe, atol=1e-5, rtol=1e-4,
-    used="the kit's Block",
-    hint="pre-norm: x = x + attn(norm1(x)); x = x + mlp(norm2(x)). Post-norm: x = norm1(x + attn(x)); "
-         "x = norm2(x + mlp(x))")
+    used="the kit's Block", kit_names=("Block",))
 
 
 # One KV-cache step ---------------------------------------------------------------------------------
@@ -168,7 +160,4 @@ def _cache_cases():
 
 
 check_kv_cache_step = Check(
-    "kv_cache_step", cached_attention, _cache_cases, observe=_cache_observe, atol=1e-5, rtol=1e-4,
-    hint="compute q, k, v of the new tokens only; append k and v to the cached ones (torch.cat on the time "
-         "dimension); new token i may see every cached key and the new keys up to itself: "
-         "mask with causal_mask(T_new, T_past + T_new); return (attn.proj(y), k, v)")
+    "kv_cache_step", cached_attention, _cache_cases, observe=_cache_observe, atol=1e-5, rtol=1e-4)
