@@ -219,6 +219,8 @@ def compare(values: dict, expect: list, *, lower_is_better: bool = True, paired:
     if unknown:
         raise ValueError(f"expect names {unknown} that values lacks; the variants are {sorted(values)}")
     _check_confidence(confidence)
+    if not isinstance(min_seeds, int) or min_seeds < 2:
+        raise ValueError(f"min_seeds={min_seeds!r} must be an int >= 2 (one seed shows no spread)")
     if not isinstance(min_effect, (int, float)) or not math.isfinite(min_effect) or min_effect < 0:
         raise ValueError(f"min_effect={min_effect!r} must be a number >= 0 (in the values' units)")
     arrays = {name: _values(f"values[{name!r}]", values[name]) for name in expect}

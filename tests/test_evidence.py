@@ -139,6 +139,7 @@ def test_compare_unpaired_uses_welch():
     ({"a": [1, 2, 3], "b": [1, 2, 3]}, ["a"], {}, "two or more"),
     ({"a": [1, 2, 3], "b": [1, 2, 3]}, ["a", "b"], {"min_effect": -1}, "min_effect"),
     ({"a": [1, 2, 3], "b": [1, 2, 3]}, ["a", "b"], {"confidence": 95}, "confidence"),
+    ({"a": [1, 2, 3], "b": [1, 2, 3]}, ["a", "b"], {"min_seeds": 1}, "min_seeds"),
     ({"a": [], "b": []}, ["a", "b"], {}, "at least 1"),
     ([1, 2], ["a", "b"], {}, "dict"),
 ])
