@@ -298,7 +298,7 @@ TRENDS = ("falling", "flat", "rising")
 
 
 def trend(x, y, *, expect: str, tolerance: float, tail: float = 0.5, min_points: int = 6,
-          confidence: float = 0.95, what: str = "the curve") -> Evidence:
+          confidence: float = 0.95, what: str = "the curve", full_budget: bool = False) -> Evidence:
     """Is a curve still falling, flat or rising at the end of training? `x`: where it was evaluated
     (steps or epochs, increasing); `y`: one curve, or a list of curves (one per seed) at those x.
 
@@ -313,7 +313,10 @@ def trend(x, y, *, expect: str, tolerance: float, tail: float = 0.5, min_points:
                curve's noise is too large for this many points: evaluate more often or run more seeds).
     Fewer than `min_points` points in all: "too-few-points" (4 points leave 2 degrees of freedom: an
     interval too wide to call anything a trend).
-    reproduced when the class is `expect`, refuted when it is another of the three classes.
+    reproduced when the class is `expect`, refuted when it is another of the three classes, with one
+    exception: a curve found *falling* when it is claimed to have settled (flat or rising) is a loss
+    that the budget stopped before it settled, so the verdict is "still-changing" (train longer), unless
+    `full_budget=True` says the run had the budget the claim speaks of (then it is refuted).
     Several seeds: their mean curve is fitted (the same slope as fitting every point with an offset per
     seed; the seeds' offsets cancel and their noise averages), so the degrees of freedom count points.
     value = the fitted change over the span; threshold = +tolerance (rising, flat) or -tolerance (falling);
@@ -353,6 +356,8 @@ def trend(x, y, *, expect: str, tolerance: float, tail: float = 0.5, min_points:
         found = None
     if found == expect:
         verdict, reason = REPRODUCED, found
+    elif found == "falling" and not full_budget:
+        verdict, reason = NOT_DISTINGUISHABLE, "still-changing"   # stopped before it settled
     elif found:
         verdict, reason = REFUTED, found
     else:
@@ -391,7 +396,7 @@ def _noise(curve: np.ndarray) -> float:
 
 
 def overfitting(epochs, train_loss, test_loss, *, expect: bool = True, min_rise: float | None = None,
-                k: float = 3.0) -> Evidence:
+                k: float = 3.0, full_budget: bool = False) -> Evidence:
     """Does the model overfit within this budget? `epochs` (increasing, at least 5); `train_loss` and
     `test_loss`: one curve per seed (a single curve is one seed), a value per epoch.
 
@@ -402,9 +407,11 @@ def overfitting(epochs, train_loss, test_loss, *, expect: bool = True, min_rise:
       overfits       when its best test epoch comes before the last and both rise and widening exceed it;
       still falling  when its test loss is lowest at the last epoch;
       is unclear     otherwise (a plateau, or a rise or widening inside the noise).
-    expect=True (the claim: it overfits): reproduced when every seed overfits, refuted when every seed is
-    still falling (no overfitting within this budget); otherwise not distinguishable: "still-changing" if
-    some seed is still falling, else "inside-run-noise". expect=False mirrors it (reproduced when every
+    expect=True (the claim: it overfits): reproduced when every seed overfits; when every seed is still
+    falling, refuted only with `full_budget=True` (the run had the budget the claim speaks of), else not
+    distinguishable, "still-changing" (the budget ended before the test loss turned: train longer);
+    otherwise not distinguishable: "still-changing" if some seed is still falling, else "inside-run-noise".
+    expect=False mirrors it (reproduced when every
     seed is still falling, refuted when every seed overfits). One seed decides alone; the sentence says so.
     value = the deciding seed's smaller of rise and widening (the weakest seed for expect=True, the
     strongest for expect=False); threshold = its noise threshold; margin = value - threshold (negated
@@ -436,7 +443,7 @@ def overfitting(epochs, train_loss, test_loss, *, expect: bool = True, min_rise:
     seeds = len(per_seed)
     if all(s == "overfits" for s in states):
         verdict, reason = (REPRODUCED if expect else REFUTED), "overfits"
-    elif all(s == "still-falling" for s in states):
+    elif all(s == "still-falling" for s in states) and (full_budget or not expect):
         verdict, reason = (REFUTED if expect else REPRODUCED), "still-falling"
     else:
         verdict = NOT_DISTINGUISHABLE
@@ -554,3 +561,34 @@ def not_tested(why: str, would_tell: str) -> Evidence:
             raise ValueError(f"{name}={text!r} must be a non-empty sentence")
     return Evidence("not_tested", NOT_TESTED, "not-measured", "", None, None, None, None, why.strip(),
                     would_tell.strip())
+
+
+def all_of(parts: dict) -> Evidence:
+    """A claim made of several measurable parts ("drops sharply, plateaus, close to zero"): `parts` maps
+    each part's name to the Evidence a rule gave it. Refuted when any part is refuted; reproduced when every
+    part is; otherwise not distinguishable, for the reason of the first undecided part. The key number,
+    threshold and margin are the deciding part's: the refuting or undecided one, or, when all hold, the one
+    closest to its threshold (so a knife edge in any part shows in the whole)."""
+    if not isinstance(parts, dict) or not parts or not all(isinstance(e, Evidence) for e in parts.values()):
+        raise ValueError("parts must be a non-empty dict of part name -> Evidence (what a rule returned)")
+    verdicts = {name: e.verdict for name, e in parts.items()}
+    refuted = [n for n, v in verdicts.items() if v == REFUTED]
+    undecided = [n for n, v in verdicts.items() if v in (NOT_DISTINGUISHABLE, NOT_TESTED)]
+    if refuted:
+        verdict, deciding = REFUTED, refuted[0]
+    elif undecided:
+        verdict, deciding = NOT_DISTINGUISHABLE, undecided[0]
+    else:
+        def closeness(e):   # the margin relative to the threshold's size; parts without numbers go last
+            if e.margin is None or e.threshold is None:
+                return math.inf
+            return e.margin / (abs(e.threshold) or abs(e.value) or 1.0)
+        verdict, deciding = REPRODUCED, min(parts, key=lambda n: closeness(parts[n]))
+    d = parts[deciding]
+    reason = d.reason if d.verdict != NOT_TESTED else "measure-cannot-tell"
+    sentence = "; ".join(f"{name}: {e.verdict} ({e.sentence})" for name, e in parts.items())
+    seeds = min((e.seeds for e in parts.values() if e.seeds is not None), default=None)
+    return Evidence("all of", verdict, f"{deciding}: {reason}" if verdict != NOT_DISTINGUISHABLE else reason,
+                    f"{deciding}: {d.key}", d.value, d.threshold, d.margin, seeds, sentence,
+                    d.would_tell if verdict == NOT_DISTINGUISHABLE else None,
+                    {"deciding_part": deciding, "parts": {name: e.to_dict() for name, e in parts.items()}})

@@ -164,9 +164,14 @@ def test_trend_classifies_planted_curves(slope, found):
     ev = _plain(E.trend(X, y, expect=found, tolerance=0.02))
     assert (ev.verdict, ev.reason, ev.details["class"]) == (E.REPRODUCED, found, found)
     assert ev.details["points"] == 20 and ev.value == pytest.approx(slope * 19, abs=0.02) and ev.margin > 0
-    other = next(t for t in E.TRENDS if t != found)
-    refuted = _plain(E.trend(X, y, expect=other, tolerance=0.02))
-    assert (refuted.verdict, refuted.reason) == (E.REFUTED, found) and refuted.margin < 0
+    for other in (t for t in E.TRENDS if t != found):
+        refuted = _plain(E.trend(X, y, expect=other, tolerance=0.02, full_budget=True))
+        assert (refuted.verdict, refuted.reason) == (E.REFUTED, found) and refuted.margin < 0
+        short = _plain(E.trend(X, y, expect=other, tolerance=0.02))
+        if found == "falling":   # claimed settled, found still falling: the budget ended first
+            assert (short.verdict, short.reason) == (E.NOT_DISTINGUISHABLE, "still-changing")
+        else:
+            assert (short.verdict, short.reason) == (E.REFUTED, found)
 
 
 def test_trend_still_falling_past_the_tolerance_but_not_clearly_is_still_changing():
@@ -261,10 +266,13 @@ def test_overfitting_over_noisy_seeds_holds_each_against_its_own_noise():
     assert ev.threshold in [s["threshold"] for s in ev.details["per_seed"]]
 
 
-def test_overfitting_still_falling_refutes_the_claim_and_supports_its_negation():
+def test_overfitting_still_falling_refutes_the_claim_only_at_its_budget_and_supports_its_negation():
     train, test = _still_falling()
-    ev = _plain(E.overfitting(EPOCHS, train, test))
+    ev = _plain(E.overfitting(EPOCHS, train, test, full_budget=True))
     assert (ev.verdict, ev.reason) == (E.REFUTED, "still-falling") and "still falling" in ev.sentence
+    short = _plain(E.overfitting(EPOCHS, train, test))   # a shorter run than the claim's: it may turn later
+    assert (short.verdict, short.reason) == (E.NOT_DISTINGUISHABLE, "still-changing")
+    assert "train longer" in short.would_tell
     assert _plain(E.overfitting(EPOCHS, train, test, expect=False)).verdict == E.REPRODUCED
 
 
@@ -372,3 +380,22 @@ def test_not_tested_carries_why_and_what_would_tell():
     assert ev.would_tell == "Run the gpu profile."
     with pytest.raises(ValueError, match="why"):
         E.not_tested("  ", "Run it.")
+
+
+def test_all_of_refutes_on_any_part_decides_on_the_first_undecided_and_shows_a_knife_edge():
+    sharp = E.threshold(0.95, 0.8, direction=">", key="share of the drop")
+    edge = E.threshold(0.797, 0.8, direction=">", key="share of the drop")
+    near = E.threshold(0.05, 0.1, direction="<", key="final loss / ln V")
+    noisy = E.trend(X, _curve(0.0, 0.2), expect="flat", tolerance=0.02)
+    assert noisy.verdict == E.NOT_DISTINGUISHABLE
+    both = _plain(E.all_of({"sharp": sharp, "near zero": near}))
+    assert both.verdict == E.REPRODUCED and not both.knife_edge and "sharp: reproduced" in both.sentence
+    on_edge = _plain(E.all_of({"near zero": near, "sharp": E.threshold(0.81, 0.8, direction=">", key="s")}))
+    assert on_edge.verdict == E.REPRODUCED and on_edge.knife_edge and on_edge.details["deciding_part"] == "sharp"
+    refuted = _plain(E.all_of({"plateau": noisy, "sharp": edge, "near zero": near}))
+    assert (refuted.verdict, refuted.details["deciding_part"]) == (E.REFUTED, "sharp") and refuted.knife_edge
+    undecided = _plain(E.all_of({"sharp": sharp, "plateau": noisy}))
+    assert (undecided.verdict, undecided.reason) == (E.NOT_DISTINGUISHABLE, noisy.reason)
+    assert undecided.would_tell == noisy.would_tell
+    with pytest.raises(ValueError, match="non-empty dict"):
+        E.all_of({})
