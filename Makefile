@@ -74,7 +74,8 @@ bench: $(STAMP)
 exercises: $(STAMP)
 	$(PY) -m picollm_helpers.exercises
 
-# results/REPORT.md: every lesson's claims and verdicts (results/NN_*.json) in one table.
+# results/REPORT.md (verdict counts, one row per claim, details) and results/report_card.png, from
+# every lesson's results/NN_*.json; also the README's minutes table when the results are laptop ones.
 report: $(STAMP)
 	$(PY) -m picollm_helpers.results
 
