@@ -39,9 +39,10 @@ run: $(STAMP)
 
 test: lint test-unit test-notebooks
 
-# ruff, configured in pyproject.toml: unused or undefined names, style errors, import order
+# ruff, configured in pyproject.toml: unused or undefined names, style errors, import order; the
+# lessons' code cells too (ruff reads .ipynb)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check picollm_helpers tests tests_browser
+	$(VENV)/bin/ruff check picollm_helpers tests tests_browser notebooks
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests

@@ -166,8 +166,8 @@ def test_the_kits_answer_is_not_imported_before_the_check(lesson, ex):
     for n, src in _code_cells(lesson):
         if n >= _check_cell(lesson, ex.name):
             break
-        assert not kit_names & _imported_names(src), \
-            f"{lesson} cell {n} imports {sorted(kit_names & _imported_names(src))}, the answer of {ex.name}, before its check"
+        found = sorted(kit_names & _imported_names(src))
+        assert not found, f"{lesson} cell {n} imports {found}, the answer of {ex.name}, before its check"
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
