@@ -23,4 +23,4 @@ def _cases():
 
 check_sinusoidal_encoding = Check(
     "sinusoidal_encoding", sinusoidal_embedding, _cases, atol=1e-9, rtol=1e-9,
-    used="the kit's sinusoidal_embedding", kit_names=("sinusoidal_embedding",))
+    used="the kit's sinusoidal encoding", kit_names=("sinusoidal_embedding",))
