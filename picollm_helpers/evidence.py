@@ -397,8 +397,8 @@ def _noise(curve: np.ndarray) -> float:
 
 def overfitting(epochs, train_loss, test_loss, *, expect: bool = True, min_rise: float | None = None,
                 k: float = 3.0, full_budget: bool = False) -> Evidence:
-    """Does the model overfit within this budget? `epochs` (increasing, at least 5); `train_loss` and
-    `test_loss`: one curve per seed (a single curve is one seed), a value per epoch.
+    """Does the model overfit within this budget? `epochs` (increasing; fewer than 5 give "too-few-points");
+    `train_loss` and `test_loss`: one curve per seed (a single curve is one seed), a value per epoch.
 
     Per seed: the epoch of the lowest test loss, the rise of the test loss from there to the last epoch,
     and the widening of the gap (test - train) over the same epochs, each held against the seed's own
@@ -422,11 +422,16 @@ def overfitting(epochs, train_loss, test_loss, *, expect: bool = True, min_rise:
     k = _positive("k", k)
     if min_rise is not None:
         min_rise = _positive("min_rise", min_rise)
-    epochs = _values("epochs", epochs, 5)
+    epochs = _values("epochs", epochs, 1)
     _increasing("epochs", epochs)
     train, test = _curves("train_loss", train_loss, len(epochs)), _curves("test_loss", test_loss, len(epochs))
     if len(train) != len(test):
         raise ValueError(f"train_loss has {len(train)} seed(s) and test_loss {len(test)}: give one pair per seed")
+    if len(epochs) < 5:   # a short (smoke) run: no best epoch and noise to speak of
+        return Evidence("overfitting", NOT_DISTINGUISHABLE, "too-few-points",
+                        "rise of the test loss after its best epoch (and gap widening)", None, None, None, len(test),
+                        f"the run has {len(epochs)} evaluations; telling a rise from the noise needs at least 5",
+                        "at least 5 epochs, each ending with a test loss", {"points": len(epochs)})
     last = len(epochs) - 1
     per_seed = []
     for tr, te in zip(train, test):

@@ -297,8 +297,12 @@ def test_overfitting_seeds_that_disagree_are_still_changing():
     assert (ev.verdict, ev.reason) == (E.NOT_DISTINGUISHABLE, "still-changing") and "1 of 2" in ev.sentence
 
 
+def test_overfitting_on_four_epochs_is_too_few_points():
+    ev = _plain(E.overfitting(EPOCHS[:4], [1, 2, 3, 4], [1, 2, 3, 4]))
+    assert (ev.verdict, ev.reason) == (E.NOT_DISTINGUISHABLE, "too-few-points") and "at least 5" in ev.would_tell
+
+
 @pytest.mark.parametrize("epochs, train, test, kwargs, match", [
-    (EPOCHS[:4], [1, 2, 3, 4], [1, 2, 3, 4], {}, "at least 5"),
     (EPOCHS, [_audit_case()[0]] * 2, [_audit_case()[1]], {}, "one pair per seed"),
     (EPOCHS, _audit_case()[0], np.where(EPOCHS == 3, np.nan, 1.0), {}, "nan at index 2"),
     (EPOCHS, *_audit_case(), {"expect": "yes"}, "expect"),
