@@ -1,0 +1,225 @@
+"""Fast greedy/sampled decoding for TransformerModel: the same tokens as `model.step`, in fewer operations.
+
+Lesson 04 teaches the readable KV-cache step (`TransformerModel.step`): every module called as
+written, the cache sliced to the positions filled so far. At batch 1 a token costs little
+arithmetic (reading the weights once dominates), so what the readable step spends beyond that is
+the fixed cost of its ~100 small operations: each goes through Python, the dispatcher and, on a
+CPU, a fork and join of the thread pool. This module computes the same one-token step with about
+half as many, larger operations, from weights prepared once per generation:
+
+- q, k and v of all heads come from one (B, E) @ (E, 3E) product with the weight transposed once
+  (a row-streaming product, as LMHead.decode explains), and so do the MLP's two layers and the
+  output projection; the projections add the residual in the same call (torch.addmm);
+- RMSNorm is one fused call (F.rms_norm: the same definition, eps = the dtype's eps);
+- position embeddings and rope's angles are looked up in tables computed once, with the same
+  functions the readable path calls (so the same values);
+- the new key and value are written into the preallocated cache with one copy each.
+
+Anything this step does not cover goes through the readable `model.step` unchanged: the prompt
+(several tokens at once), a full window (block_size positions: the readable step slides it), and a
+model with a hook registered on any hook point (hooks must see the activations they ask for).
+`decode_fn(model, batch_size)` returns the pair generate() uses: a step function and its state.
+
+torch.compile: the one-token step can also be compiled with a static shape (the whole cache and a
+mask instead of a slice), see `compiled_step`; measured in the benchmark (`bench quick`), where it
+says whether compiling pays off on this machine. generate() never compiles on its own: compiling
+takes tens of seconds, more than a lesson's generation (a few dozen to a few hundred tokens) costs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .transformer import HookPoint, KVCache, TransformerModel, rope_cos_sin, sinusoidal_embedding
+
+
+def _hooked(model) -> bool:
+    """True when any hook point of the model has a hook (the readable step must run then)."""
+    return any(m.active for m in model.modules() if isinstance(m, HookPoint))
+
+
+class FastState(KVCache):
+    """A KV cache (the readable step's own, so both steps can share it) with the weights the fast
+    step reads, prepared once per generation: per block (norm1 weight, qkv^T (E, 3E), proj^T (E, E),
+    norm2 weight, fc^T (E, 4E), mlp proj^T (4E, E)); the position table (max_len, E) for learned and
+    sinusoidal positions; rope's (cos, sin) tables (max_len, hd/2)."""
+
+    def __init__(self, model: TransformerModel, batch_size, device, dtype):
+        super().__init__(model.n_blocks, batch_size, model.n_heads, model.block_size, model.head_dim,
+                         device, dtype, head_t=model.lm_head.transposed(device, dtype))
+
+        def t(w):
+            return w.detach().t().to(device=device, dtype=dtype).contiguous()
+
+        def w(p):
+            return p.detach().to(device=device, dtype=dtype)
+        self.layers = [(w(b.norm1.weight), t(b.attn.qkv.weight), t(b.attn.proj.weight),
+                        w(b.norm2.weight), t(b.mlp.fc.weight), t(b.mlp.proj.weight)) for b in model.blocks]
+        self.norm_f = None if model.use_post_norm else w(model.norm_f.weight)
+        pos = torch.arange(model.block_size, device=device)  # every position the window can hold
+        self.pos_table = None
+        if model.pos_emb == "learned":
+            self.pos_table = w(model.wpe.weight)
+        elif model.pos_emb == "sinusoidal":
+            self.pos_table = sinusoidal_embedding(pos, model.embed_size).to(dtype)
+        self.rope = rope_cos_sin(pos, model.head_dim, dtype) if model.pos_emb == "rope" else None
+        self.wte = w(model.wte.weight)
+        self.blocks_threads = None  # run the blocks on this many threads (None: the caller's)
+        self.compiled = None        # a compiled static_step_one, or None: the eager fast step
+
+
+def _rope1(x, cos, sin):
+    """apply_rope for one position: x (B, H, hd), cos and sin (hd/2,)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def fast_step_one(model: TransformerModel, idx, state: FastState):
+    """One new token per sequence, idx (B, 1), at position state.pos < max_len -> logits (B, V).
+
+    The same computation as model.step(idx, state) for that case, in fewer operations."""
+    B = idx.size(0)
+    E, H, hd = model.embed_size, model.n_heads, model.head_dim
+    pos = state.pos
+    x = state.wte[idx[:, 0]]  # (B, E)
+    if model.embed_scale:
+        x = x * model.embed_mult
+    if state.pos_table is not None:
+        x = x + state.pos_table[pos]
+    rope = (state.rope[0][pos], state.rope[1][pos]) if state.rope is not None else None
+    eps = torch.finfo(x.dtype).eps
+    end = pos + 1
+    post = model.use_post_norm
+    threads = torch.get_num_threads()
+    if state.blocks_threads and state.blocks_threads < threads:
+        torch.set_num_threads(state.blocks_threads)
+    try:
+        x = _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end)
+    finally:
+        torch.set_num_threads(threads)
+    state.advance(1)
+    state.tokens = torch.cat([state.tokens, idx], dim=1)
+    if state.norm_f is not None:
+        x = F.rms_norm(x, (E,), state.norm_f, eps)
+    return x @ state.head_t  # (B, V)
+
+
+def _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end):
+    for layer, (n1, qkv_t, proj_t, n2, fc_t, mproj_t) in enumerate(state.layers):
+        h = x if post else F.rms_norm(x, (E,), n1, eps)
+        qkv = (h @ qkv_t).view(B, 3, H, hd)  # (B, 3, H, hd)
+        q, k, v = qkv.unbind(1)  # each (B, H, hd)
+        if rope is not None:
+            q, k = _rope1(q, *rope), _rope1(k, *rope)
+        state.k[layer].select(2, pos).copy_(k)
+        state.v[layer].select(2, pos).copy_(v)
+        y = F.scaled_dot_product_attention(q.unsqueeze(2), state.k[layer][:, :, :end],
+                                           state.v[layer][:, :, :end])  # (B, H, 1, hd)
+        y = y.reshape(B, E)  # heads side by side, as the readable step's z.reshape
+        if post:
+            x = F.rms_norm(torch.addmm(x, y, proj_t), (E,), n1, eps)
+            x = F.rms_norm(torch.addmm(x, F.gelu(x @ fc_t), mproj_t), (E,), n2, eps)
+        else:
+            x = torch.addmm(x, y, proj_t)  # x + attn
+            x = torch.addmm(x, F.gelu(F.rms_norm(x, (E,), n2, eps) @ fc_t), mproj_t)  # x + mlp
+    return x
+
+
+def fast_step(model: TransformerModel, idx, state: FastState):
+    """model.step's contract ((B, T_new) -> (logits of the last position (B, V), state)): one token
+    with room in the window takes the fast step (compiled when the state holds a compiled one),
+    anything else the readable one."""
+    if idx.size(1) == 1 and state.pos < state.max_len:
+        if state.compiled is None:
+            return fast_step_one(model, idx, state), state
+        logits = state.compiled(model, idx, state, torch.tensor(state.pos, device=idx.device))
+        state.advance(1)
+        state.tokens = torch.cat([state.tokens, idx], dim=1)
+        return logits, state
+    return model.step(idx, state)
+
+
+_COMPILED = {}  # one compiled static step per process: torch.compile caches its graphs per shape
+
+
+def _compiled_static_step():
+    """static_step_one under torch.compile (Inductor; its C++ backend on a CPU), or None with one
+    note where torch.compile is unavailable (no C++ compiler, an unsupported platform)."""
+    if "step" not in _COMPILED:
+        try:
+            _COMPILED["step"] = torch.compile(static_step_one, dynamic=False)
+        except Exception as e:  # torch.compile itself refuses (e.g. an unsupported Python)
+            print(f"note: torch.compile is unavailable ({type(e).__name__}: {e}); decoding runs eagerly")
+            _COMPILED["step"] = None
+    return _COMPILED["step"]
+
+
+def decode_fn(model, batch_size, fast=True, compile=False):
+    """(step, state) for generate(): step(idx, state) -> (logits (B, V), state).
+
+    fast=True and a TransformerModel without hooks: the fast step on a FastState. Otherwise
+    (another model, a hook on some hook point, or fast=False): the model's own readable step and state.
+    On a CPU the fast step runs the blocks' small operations on one thread (a fork and join of the
+    thread pool per operation costs more than a second thread gains there, and far more when other
+    processes share the cores) and the output layer, one large product, on the caller's threads.
+    compile=True (only when asked: compiling takes a minute on two cores, see the module's note)
+    runs the one-token step under torch.compile, falling back to the eager fast step with one note
+    if compiling fails."""
+    if not (fast and isinstance(model, TransformerModel) and not _hooked(model)):
+        return model.step, model.init_state(batch_size)
+    w = model.wte.weight
+    state = FastState(model, batch_size, w.device, w.dtype)
+    if w.device.type == "cpu":
+        state.blocks_threads = 1
+    if compile:
+        state.compiled = _compiled_static_step()
+
+    def step(idx, s):
+        try:
+            return fast_step(model, idx, s)
+        except Exception as e:
+            if s.compiled is None:
+                raise
+            print(f"note: the compiled decode step failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:100]});"
+                  " decoding runs eagerly")
+            s.compiled = _COMPILED["step"] = None
+            return fast_step(model, idx, s)
+    return step, state
+
+
+def static_step_one(model: TransformerModel, idx, state: FastState, pos):
+    """fast_step_one with static shapes, for torch.compile: pos is a 0-d int64 tensor (so a new
+    position is new data, not a new graph), the new key and value are written with index_copy_, and
+    attention reads the whole cache with a mask (keys after pos hidden) instead of a slice."""
+    B = idx.size(0)
+    E, H, hd = model.embed_size, model.n_heads, model.head_dim
+    x = state.wte[idx[:, 0]]  # (B, E)
+    if model.embed_scale:
+        x = x * model.embed_mult
+    if state.pos_table is not None:
+        x = x + state.pos_table.index_select(0, pos.view(1))
+    rope = None
+    if state.rope is not None:
+        rope = (state.rope[0].index_select(0, pos.view(1)), state.rope[1].index_select(0, pos.view(1)))
+    visible = (torch.arange(state.max_len, device=idx.device) <= pos).view(1, -1)  # (1, max_len): filled
+    eps = torch.finfo(x.dtype).eps
+    post = model.use_post_norm
+    for layer, (n1, qkv_t, proj_t, n2, fc_t, mproj_t) in enumerate(state.layers):
+        h = x if post else F.rms_norm(x, (E,), n1, eps)
+        q, k, v = (h @ qkv_t).view(B, 3, H, hd).unbind(1)  # each (B, H, hd)
+        if rope is not None:
+            q, k = _rope1(q, *rope), _rope1(k, *rope)
+        state.k[layer].index_copy_(2, pos.view(1), k.unsqueeze(2))
+        state.v[layer].index_copy_(2, pos.view(1), v.unsqueeze(2))
+        y = F.scaled_dot_product_attention(q.unsqueeze(2), state.k[layer], state.v[layer],
+                                           attn_mask=visible).reshape(B, E)  # (B, E)
+        if post:
+            x = F.rms_norm(torch.addmm(x, y, proj_t), (E,), n1, eps)
+            x = F.rms_norm(torch.addmm(x, F.gelu(x @ fc_t), mproj_t), (E,), n2, eps)
+        else:
+            x = torch.addmm(x, y, proj_t)
+            x = torch.addmm(x, F.gelu(F.rms_norm(x, (E,), n2, eps) @ fc_t), mproj_t)
+    if state.norm_f is not None:
+        x = F.rms_norm(x, (E,), state.norm_f, eps)
+    return x @ state.head_t  # (B, V)
