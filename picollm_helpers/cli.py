@@ -18,7 +18,13 @@ Beside them, the files pico-llm itself writes, so a course's scripts that read t
 
 `name` is the model as --models named it: pico-llm's names (kgram_mlp_seq, lstm_seq,
 kvcache_transformer, the default) or the kit's (lstm, transformer). The two JSON files keep the
-entries of models an earlier run wrote; each model's entry is replaced when it trains again.
+entries of models an earlier run wrote; each model's entry is replaced when it trains again (a
+file that is not a JSON object is kept beside it as <name>.damaged before it is written afresh).
+
+Nothing finished is lost: before loading any data the command checks --output_dir (a folder it
+can write, no folder where a file goes) and refuses to train over a run already there unless
+--resume continues it or --overwrite replaces it. Ctrl-C says which checkpoint is kept; a full
+disk, a model too large for the memory and the like end in one message, never a traceback.
 
 The profile (--profile, else $PICOLLM_PROFILE, else laptop) sets the defaults; every flag given
 explicitly overrides it. The same command under torchrun trains with DistributedDataParallel:
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint of other settings or data is refused")
     g.add_argument("--force", action="store_true", default=False,
                    help="with --resume: resume even when the checkpoint's settings or data differ (they are listed)")
+    g.add_argument("--overwrite", action="store_true", default=False,
+                   help="train afresh over a run already in --output_dir, replacing its checkpoints and logs "
+                        "(without it, or --resume, such a run is refused)")
     g.add_argument("--debug", action="store_true", default=False,
                    help="on an error, show the full Python traceback instead of the one-line message")
     flag(g, "seed", "seeds the data split, initialisation and sampling", type=int)
@@ -165,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
     """The profile's config with every explicitly given flag applied; bad values -> parser.error (exit 2)."""
-    explicit = {k: v for k, v in vars(args).items() if k not in ("models", "profile", "resume", "force", "debug")}
+    explicit = {k: v for k, v in vars(args).items()
+                if k not in ("models", "profile", "resume", "force", "overwrite", "debug")}
     files = explicit.get("input_files") or ()
     if ("prompt" not in explicit and files and not explicit.get("tinystories_weight", 0.5)
             and not explicit.get("wiki_weight", 0.0) and all(Path(f).name == "3seqs.txt" for f in files)):
@@ -210,11 +221,23 @@ def _update_json(path: Path, name: str, entry) -> list[str]:
         except (OSError, ValueError):
             doc = None
         if not isinstance(doc, dict):
-            print(f"note: {path} did not hold a JSON object of models; writing it afresh")
+            backup = _backup(path)
+            print(f"note: {path} did not hold a JSON object of models; kept as {backup}, writing it afresh")
             doc = {}
     doc[name] = entry
     write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return list(doc)
+
+
+def _backup(path: Path) -> Path:
+    """Copy a file about to be replaced to <name>.damaged (.damaged.1, ... if taken); return the copy."""
+    from .files import write_bytes
+
+    backup, n = path.with_name(path.name + ".damaged"), 0
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.damaged.{n}")
+    return write_bytes(backup, path.read_bytes())
 
 
 def _save_pico_llm_files(out: Path, name: str, model, history) -> None:
@@ -260,18 +283,183 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_models(args.models, parser)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --output_dir, --overwrite replaces it: give one of them.")
     cfg = config_from_args(args, parser)
+    _training.clear()
     try:
         return _main(cfg, args)
-    except (PicoLLMError, OSError) as e:
-        # A mistake in what the user gave (PicoLLMError), or a file the system refused (OSError
-        # with a file name: a folder not writable, a disk full): one message, no traceback. Any
-        # other exception is a bug and keeps its traceback.
-        if args.debug or (isinstance(e, OSError) and not isinstance(e, PicoLLMError) and not e.filename):
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        what = str(e) if isinstance(e, PicoLLMError) else f"{e.filename}: {e.strerror or e}"
+        print(f"{parser.prog}: interrupted (Ctrl-C): {_interrupted_message()}", file=sys.stderr)
+        return 130
+    except (PicoLLMError, OSError, RuntimeError) as e:
+        # A mistake in what the user gave (PicoLLMError), a file the system refused (OSError with a
+        # file name: a folder not writable), a full disk, or memory running out: one message, no
+        # traceback. Any other exception is a bug and keeps its traceback.
+        what = _user_message(e)
+        if args.debug or what is None:
+            raise
         print(f"{parser.prog}: error: {what}\n(--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _user_message(e: BaseException) -> str | None:
+    """The one-line message for an error that is the user's or the machine's to fix; None for a bug."""
+    if isinstance(e, PicoLLMError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {e.filename}" if e.filename else ""
+        return f"the disk is full{where} ({e.strerror or e}); free some space and run again (--resume continues)."
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, RuntimeError) and _out_of_memory(e) and _training:
+        return _too_large_message(**_training, ran_out=True)
+    return None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+# The model being trained now, for the messages of Ctrl-C and of memory running out:
+# {"kind", "cfg", "vocab_size", "checkpoint", "before" (its mtime when training began), "resume"}.
+_training: dict = {}
+
+
+def _interrupted_message() -> str:
+    if not _training:
+        return "stopped before any model began training; nothing in --output_dir was changed by this run."
+    kind, ckpt, before = _training["kind"], Path(_training["checkpoint"]), _training["before"]
+    now = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+    if now is None:
+        return (f"no epoch of {kind} had finished, so it has no checkpoint yet; run the same command again "
+                f"to train it.")
+    epoch = _checkpoint_epochs(ckpt)
+    if now == before and not _training["resume"]:
+        return (f"no epoch of this {kind} run had finished; {ckpt} still holds the earlier run"
+                f"{f' ({epoch})' if epoch else ''}.")
+    return (f"{ckpt} keeps the last finished epoch of {kind}{f' ({epoch})' if epoch else ''}; run the same "
+            f"command with --resume to continue from it (the interrupted epoch is trained again).")
+
+
+def _checkpoint_epochs(ckpt: Path) -> str:
+    """ "epoch 2 of 4" as the checkpoint records it, or "" when it cannot be read."""
+    from .checkpoint import read_checkpoint
+
+    try:
+        c = read_checkpoint(ckpt)
+        return f"epoch {c['epoch']} of {c['config'].get('epochs', '?')}"
+    except Exception:
+        return ""
+
+
+def _model_settings(kind: str, cfg, vocab_size: int) -> str:
+    """The settings that decide a model's size, as flags."""
+    names = {"lstm": ("embed_size", "lstm_layers"),
+             "kgram_mlp_seq": ("embed_size", "kgram_k", "num_inner_mlp_layers", "kgram_input"),
+             "transformer": ("embed_size", "n_blocks", "block_size")}[kind]
+    return ", ".join(f"--{n} {getattr(cfg, n)}" for n in names) + f" and a vocabulary of {vocab_size:,} ids"
+
+
+def _too_large_message(kind: str, cfg, vocab_size: int, have: int | None = None, ran_out: bool = False,
+                       **_) -> str:
+    from .models import param_count_formula
+
+    n = param_count_formula(kind, cfg, vocab_size)
+    gib = 2.0**30
+    need = f"{n:,} parameters, about {16 * n / gib:,.1f} GiB to train (weights, gradients and AdamW's two " \
+           f"moments, 4 bytes each)"
+    if ran_out:
+        return (f"[{kind}] memory ran out while building or training the model: {need}, plus the activations of "
+                f"--batch_size {cfg.batch_size} x --block_size {cfg.block_size}. Its size comes from "
+                f"{_model_settings(kind, cfg, vocab_size)}: lower them (or --batch_size).")
+    return (f"[{kind}] the model is too large for this machine: {need}, but the device has {have / gib:,.1f} GiB "
+            f"of memory. Its size comes from {_model_settings(kind, cfg, vocab_size)}: lower them.")
+
+
+def _memory_bytes(device) -> int | None:
+    """Total memory of the device a model trains on (the RAM for a CPU), or None if unknown."""
+    import torch
+
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
+def _check_fits(kind: str, cfg, vocab_size: int, device) -> None:
+    """Refuse, before any memory is allocated, a model whose training state alone exceeds the device's memory."""
+    from .models import param_count_formula
+
+    have = _memory_bytes(device)
+    if have and 16 * param_count_formula(kind, cfg, vocab_size) > have:
+        raise PicoLLMError(_too_large_message(kind, cfg, vocab_size, have))
+
+
+# What each model's run folder and --output_dir hold: the files a run writes there.
+RUN_FILES = ("checkpoint.pt", "loss_logs.json", "generation_logs.json", "loss.png", "attention.pt", "attention.png")
+TOP_FILES = ("loss_logs.json", "generation_logs.json", "loss_comparison.png")
+
+
+def check_output_dir(cfg, names, resume: bool = False, overwrite: bool = False) -> None:
+    """Before any data is loaded: --output_dir and each model's folder must be folders this user can
+    write, with no folder where a file goes; a run already there is refused unless resumed
+    (--resume) or replaced (--overwrite); a resumed checkpoint must be readable and not ask for
+    fewer epochs than it has."""
+    from .checkpoint import read_checkpoint
+
+    label = cfg.output_dir or "."
+    out = Path(label)
+    for folder in [out] + [out / MODEL_NAMES[n] for n in names]:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent          # where mkdir would start
+        if existing.exists() and not existing.is_dir():
+            raise PicoLLMError(f"--output_dir {label}: {existing} is a file, not a folder. Pick another "
+                               f"--output_dir, or move the file away.")
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise PicoLLMError(f"--output_dir {label}: the folder {existing} is not writable (read-only, or "
+                               f"another user's). Pick another --output_dir, or make it writable.")
+    files = [out / MODEL_NAMES[n] / f for n in names for f in RUN_FILES]
+    files += [out / f for f in TOP_FILES] + [out / f"{n}_{f}" for n in names for f in ("final_weights.pt",
+                                                                                       "attention.pt")]
+    for f in files:
+        if f.is_dir():
+            raise PicoLLMError(f"--output_dir {label}: {f} is a folder, where the run writes its {f.name}. Move "
+                               f"it away, or pick another --output_dir.")
+    if resume:
+        for n in names:
+            ckpt = out / MODEL_NAMES[n] / "checkpoint.pt"
+            if not ckpt.is_file():
+                continue
+            done = read_checkpoint(ckpt)["epoch"]   # a damaged one is refused here, before any data is loaded
+            if done > cfg.epochs:
+                raise PicoLLMError(f"{ckpt} has {done} epochs trained, and --epochs {cfg.epochs} asks for fewer, so "
+                                   f"--resume would train nothing. Pass --epochs {done} or more to continue it, "
+                                   f"--overwrite to replace it with a {cfg.epochs}-epoch run, or pick another "
+                                   f"--output_dir.")
+        return
+    if overwrite:
+        return
+    found = []
+    for n in names:
+        kind = MODEL_NAMES[n]
+        ckpt = out / kind / "checkpoint.pt"
+        if ckpt.is_file():
+            epochs = _checkpoint_epochs(ckpt)
+            found.append(f"{ckpt} ({kind}{', ' + epochs if epochs else ''})")
+        else:
+            found += [str(f) for f in (out / kind / "loss_logs.json", out / f"{n}_final_weights.pt") if f.is_file()][:1]
+    if found:
+        raise PicoLLMError(f"--output_dir {label} already holds a run: {'; '.join(found)}. Nothing was changed. "
+                           f"Pass --resume to continue it, --overwrite to replace it, or pick another --output_dir.")
 
 
 def _main(cfg: RunConfig, args) -> int:
@@ -282,6 +470,7 @@ def _main(cfg: RunConfig, args) -> int:
         os.environ["TQDM_DISABLE"] = "1"          # one progress bar and one log, from rank 0
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not dist.is_main else contextlib.nullcontext()
     with quiet:
+        check_output_dir(cfg, args.models, resume=args.resume, overwrite=args.overwrite)
         _run(cfg, args.models, args.resume, dist, force=args.force)
     distributed.cleanup()
     return 0
@@ -306,11 +495,14 @@ def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False) -> None
     for name in names:
         kind = MODEL_NAMES[name]
         torch.manual_seed(cfg.seed)
+        _check_fits(kind, cfg, train_ds.vocab_size, resolve_device(cfg.device_id, verbose=False))
+        ckpt = out / kind / "checkpoint.pt"
+        _training.update(kind=kind, cfg=cfg, vocab_size=train_ds.vocab_size, checkpoint=ckpt, resume=resume,
+                         before=ckpt.stat().st_mtime_ns if ckpt.is_file() else None)
         model = build_model(kind, cfg, vocab_size=train_ds.vocab_size)
         n_params = sum(p.numel() for p in model.parameters())
         also = f"the kit's {kind}, " if name != kind else ""
         print(f"\n=== Training model: {name} ({also}{n_params:,} parameters) ===")
-        ckpt = out / kind / "checkpoint.pt"
         if resume and not ckpt.exists():
             print(f"[{kind}] --resume: no checkpoint at {ckpt}; starting fresh")
         history = train(model, cfg, train_ds, test_ds, tokenizer, name=kind, force_resume=force,
@@ -325,9 +517,11 @@ def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False) -> None
                                 out / kind)
             print(f"[{kind}] outputs in {out / kind}")
             _save_pico_llm_files(out, name, model, history)
+        _training.clear()
     if dist.is_main and len(histories) > 1:
         from .plots import plot_runs
-        plot_runs(histories, metric="train", path=out / "loss_comparison.png",
+        # absolute: a bare "loss_comparison.png" (--output_dir . or "") would go to the kit's figures/
+        plot_runs(histories, metric="train", path=out.absolute() / "loss_comparison.png",
                   title="Training loss by model (moving mean)")
         print(f"\nloss comparison: {out / 'loss_comparison.png'}")
 

@@ -40,6 +40,9 @@ _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram
 _BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
 # Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
 _LATER_FIELDS = ("embed_scale", "length_bucket")
+# The largest seed: 32 bits, the size numpy's and most tools' seeds take; seed * 1_000_003 + epoch
+# (the data split's and the batch order's generators) then stays far within torch's 64-bit seeds.
+MAX_SEED = 2**32 - 1
 # Targets with this value are skipped by the loss (padding): F.cross_entropy's default ignore_index.
 IGNORE_INDEX = -100
 
@@ -78,8 +81,17 @@ def repo_root() -> Path:
 
 def cache_dir() -> Path:
     """Where tokenized data and the tokenizer's files are cached: $PICOLLM_CACHE or <repo>/.cache."""
-    path = Path(os.environ.get("PICOLLM_CACHE") or repo_root() / ".cache")
-    path.mkdir(parents=True, exist_ok=True)
+    env = os.environ.get("PICOLLM_CACHE")
+    path = Path(env or repo_root() / ".cache")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError, OSError) as e:
+        what = "is a file, not a folder" if isinstance(e, (FileExistsError, NotADirectoryError)) else \
+            f"cannot be created ({e.strerror or type(e).__name__})"
+        where = f"PICOLLM_CACHE={env!r}" if env else f"the kit's cache folder {path}"
+        raise ConfigError(f"{where}: {what}. " + ("Point PICOLLM_CACHE at a folder (it is made if missing), or "
+                                                  "unset it to use <kit>/.cache." if env else
+                                                  "Set PICOLLM_CACHE to a folder you can write.")) from None
     return path
 
 
@@ -263,6 +275,8 @@ class RunConfig:
             raise bad("dropout", "use a value in [0, 1).")
         if self.max_new_tokens < 1:
             raise bad("max_new_tokens", "use 1 or more.")
+        if not 0 <= self.seed <= MAX_SEED:   # torch, numpy and the data split all take it as a number this size
+            raise bad("seed", f"use a whole number from 0 to {MAX_SEED} (2**32 - 1).")
         for p in self.top_p_values:
             if not 0.0 < p <= 1.0:
                 raise ConfigError(f"top_p_values contains {p}: top-p must lie in (0, 1].")

@@ -144,9 +144,9 @@ def _read_texts_cache(path: Path, key: str) -> list[str] | None:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return cache_note(path, f"is unreadable ({type(e).__name__})")
-    if isinstance(saved, list) and all(isinstance(t, str) for t in saved):
-        _write_texts_cache(path, key, saved)  # the format before fingerprints: kept, and fingerprinted now
-        return saved
+    if isinstance(saved, list):   # the format before fingerprints: nothing proves what it holds
+        return cache_note(path, f"is in the format before caches recorded their key and fingerprint ({len(saved)} "
+                                f"texts, unverifiable)")
     texts = saved.get("texts") if isinstance(saved, dict) else None
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         return cache_note(path, "does not hold a list of texts")
@@ -199,9 +199,22 @@ def _resolve(path, what: str) -> Path:
     )
 
 
+def _utf16(data: bytes) -> bool:
+    """UTF-16 text: a byte-order mark, or (without one) a NUL byte in every other position of its start."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    head = data[:4096]
+    odd, even = head[1::2], head[0::2]
+    return len(head) >= 8 and (odd.count(0) > 0.9 * len(odd) or even.count(0) > 0.9 * len(even))
+
+
 def _read_utf8(path: Path) -> str:
-    """The file's text; a clear error naming the byte offset when it is not UTF-8."""
+    """The file's text; a clear error naming the byte offset when it is not UTF-8 (or that it is UTF-16)."""
     data = path.read_bytes()
+    if _utf16(data):
+        raise DataError(f"{path} is UTF-16 text, not UTF-8. Re-save the file as UTF-8 (e.g. "
+                        f"`iconv -f utf-16 -t utf-8 {path.name} > fixed.txt`, or 'UTF-8' in your editor's "
+                        f"save dialog).")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -36,3 +36,23 @@ class PromptError(PicoLLMError):
 
 class TrainingDivergedError(PicoLLMError, RuntimeError):
     """The loss (or gradient norm) became NaN or infinite."""
+
+
+class VocabularyError(PicoLLMError):
+    """A tokenizer whose vocabulary is not the one the model was trained with (their ids differ)."""
+
+
+class TokenizerError(PicoLLMError, RuntimeError):
+    """GPT-2's ranks file cannot be had: not cached, failed its checksum, and no source reachable."""
+
+
+class RunLogError(PicoLLMError):
+    """A run's log file (loss_logs.json, generation_logs.json) that is truncated or not the kit's."""
+
+
+class DiskFullError(PicoLLMError, OSError):
+    """The disk filled up while a file was written; the file's previous version is kept."""
+
+
+class DigestError(CheckpointError):
+    """A checkpoint (or model-cache entry) whose contents fail their digest: changed after it was written."""

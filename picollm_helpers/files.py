@@ -4,16 +4,20 @@ Every file the kit writes (checkpoints, run logs, figures, caches, results, data
 through here: the bytes land in a temporary file beside the target, are flushed to disk, and only
 then replace the target in one rename. A crash mid-write leaves the previous file intact; a
 process killed mid-write (no chance to clean up) leaves its temporary file, which the next write
-of the same target removes.
+of the same target removes. A write that fills the disk raises DiskFullError (the previous file
+is kept, and the message says the disk is full, naming the file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import DiskFullError
 
 _ORPHAN_AGE_S = 3600  # a temporary file without a live writer's pid counts as left over after this
 
@@ -67,9 +71,24 @@ def atomic_write(path, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL and not isinstance(e, DiskFullError):
+            raise DiskFullError(disk_full_message(path)) from e
         raise
+
+
+# No space left, or the user's disk quota used up: either way the write could not finish.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full_message(path) -> str:
+    """What a write that filled the disk says: which file, that its previous version is kept, the fix."""
+    path = Path(path)
+    kept = f"the previous {path.name} is kept as it was" if path.exists() else f"no {path.name} was written"
+    return (f"the disk is full (no space left on the device holding {path.parent}) while writing {path}; "
+            f"{kept}. Free some space (e.g. `make clean-cache`, old output folders) and run again "
+            f"(with --resume / resume_from to continue from the last checkpoint).")
 
 
 def write_bytes(path, data: bytes) -> Path:

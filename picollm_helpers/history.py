@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MissingFileError
+from .errors import MissingFileError, RunLogError
 from .files import atomic_write
 
 LOSS_LOGS_FORMAT = "picollm.loss_logs/1"
@@ -157,24 +157,55 @@ class History:
         if not path.exists():
             raise MissingFileError(f"no loss_logs.json in {run_dir}: pass the folder train() wrote "
                                     f"(<output_dir>/<name>)")
-        logs = json.loads(path.read_text(encoding="utf-8"))
-        test = logs["test"]
-        test_loss = list(zip(test["epoch"], test["step"], test["loss"]))
-        epochs = logs.get("epochs")
-        h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),
-                train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
-                test_loss=test_loss,
-                test_batch_losses={e: ls for e, ls in zip(test["epoch"], test.get("batch_loss", [])) if ls},
-                epoch_ends=_epoch_ends(epochs and list(zip(epochs["epoch"], epochs["end_step"])), test_loss),
-                epoch_times=list(zip(*(logs.get("epoch_times", {}).get(k, []) for k in
-                                       ("epoch", "train_time_s", "tokens")))),
-                wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
-                tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
+        logs = _read_log(path, run_dir)
+        try:
+            test = logs["test"]
+            test_loss = list(zip(test["epoch"], test["step"], test["loss"]))
+            epochs = logs.get("epochs")
+            h = cls(name=logs.get("name", ""), kind=logs.get("kind"), config=logs.get("config", {}),
+                    train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
+                    test_loss=test_loss,
+                    test_batch_losses={e: ls for e, ls in zip(test["epoch"], test.get("batch_loss", [])) if ls},
+                    epoch_ends=_epoch_ends(epochs and list(zip(epochs["epoch"], epochs["end_step"])), test_loss),
+                    epoch_times=list(zip(*(logs.get("epoch_times", {}).get(k, []) for k in
+                                           ("epoch", "train_time_s", "tokens")))),
+                    wall_time=logs.get("wall_time_s", 0.0), train_time=logs.get("train_time_s", 0.0),
+                    tokens_seen=logs.get("tokens_seen", 0), extra=logs.get("extra", {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunLogError(f"{path} is not a loss_logs.json that train() wrote (missing or malformed: {e}); "
+                              f"{_from_checkpoint(run_dir)}") from None
         gen_path = run_dir / "generation_logs.json"
         if gen_path.exists():
-            gens = json.loads(gen_path.read_text(encoding="utf-8"))
-            h.generations = {int(g["epoch"]): dict(g["samples"]) for g in gens.get("epochs", [])}
+            gens = _read_log(gen_path, run_dir)
+            try:
+                h.generations = {int(g["epoch"]): dict(g["samples"]) for g in gens.get("epochs", [])}
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise RunLogError(f"{gen_path} is not a generation_logs.json that train() wrote (missing or "
+                                  f"malformed: {e}); {_from_checkpoint(run_dir)}") from None
         return h
+
+
+def _from_checkpoint(run_dir: Path) -> str:
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        return (f"the checkpoint beside it holds the run's history up to its last epoch: "
+                f"load_checkpoint('{ckpt}')[1]['history']")
+    return "train again to write it anew"
+
+
+def _read_log(path: Path, run_dir: Path) -> dict:
+    """A log file's JSON object; a truncated or damaged file raises RunLogError naming it."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunLogError(f"{path} is not complete JSON (it ends or breaks at line {e.lineno}, column {e.colno}: "
+                          f"truncated or damaged); {_from_checkpoint(run_dir)}") from None
+    except UnicodeDecodeError:
+        raise RunLogError(f"{path} is not UTF-8 text (damaged); {_from_checkpoint(run_dir)}") from None
+    if not isinstance(doc, dict):
+        raise RunLogError(f"{path} holds a JSON {type(doc).__name__}, not the object train() writes; "
+                          f"{_from_checkpoint(run_dir)}")
+    return doc
 
 
 def _epoch_ends(recorded, test_loss) -> list[tuple[int, int]]:

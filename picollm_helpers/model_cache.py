@@ -8,7 +8,10 @@ under that key is what training would produce again (up to the nondeterminism of
 kernels), so loading it is honest. Any change, a different seed included, misses the cache.
 
 Entries are ordinary checkpoints (checkpoint.py) under `<cache dir>/models/`; `make clean-cache`
-removes them.
+removes them. An entry proves what it holds: it records its key and carries the checkpoint's
+digest of its weights, both checked on load. An entry copied or renamed over another key's (say
+another seed's), or whose bytes changed, is not loaded: the model is trained anew with a one-line
+note, and the entry replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn as nn
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import cache_dir
+from .errors import DigestError
 from .history import History
 
 KEY_VERSION = 1  # bump when what goes into the key changes, so old entries are never matched
@@ -73,18 +77,37 @@ def entry_path(key: str, name: str) -> Path:
 
 
 def load(model: nn.Module, key: str, name: str) -> History | None:
-    """Load the cached weights for `key` into `model` and return their History, or None on a miss."""
+    """Load the cached weights for `key` into `model` and return their History, or None on a miss.
+
+    An entry that does not record this key, fails its digest, or cannot be read is a miss, with a note."""
     path = entry_path(key, name)
     if not path.is_file():
         return None
+
+    def miss(why: str) -> None:
+        print(f"[{name}] the model cache entry {path} {why}; training anew (the entry will be replaced)")
+
     try:
         ckpt = read_checkpoint(path)
+    except DigestError:
+        return miss("fails its digest (its bytes changed after it was written)")
+    except (OSError, RuntimeError, ValueError, KeyError) as e:  # damaged, or not a checkpoint
+        return miss(f"could not be read ({type(e).__name__})")
+    if ckpt.get("cache_key") != key:
+        recorded = ckpt.get("cache_key")
+        return miss("does not record its key (written before entries did)" if recorded is None else
+                    f"holds the model of another key ({recorded[:12]}..., not {key[:12]}...: copied or renamed "
+                    f"over this one)")
+    if "digest" not in ckpt:
+        return miss("carries no digest of its weights")
+    try:
         model.load_state_dict(ckpt["model_state"])
-    except (OSError, RuntimeError, ValueError, KeyError) as e:  # a damaged entry is retrained
-        print(f"[{name}] the model cache entry {path} could not be read ({type(e).__name__}); training anew")
-        return None
+        history = History.from_dict(ckpt["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        return miss(f"could not be loaded ({type(e).__name__})")
+    if ckpt.get("vocab_name"):
+        model.vocab_name = ckpt["vocab_name"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
-    history = History.from_dict(ckpt["history"])
     print(f"[{name}] loaded from the model cache: trained {when} with this exact config, data, initial "
           f"weights and seed ({history.steps} steps, {history.wall_time:.0f} s then); "
           f"train(..., cache=False) retrains")
@@ -95,4 +118,4 @@ def store(model: nn.Module, key: str, name: str, cfg, history: History, tokenize
           global_step: int) -> Path:
     """Keep the trained model under `key` (no optimizer state: a cached run is never resumed)."""
     return save_checkpoint(entry_path(key, name), model, None, cfg, None, history, epoch=epoch,
-                           global_step=global_step, tokenizer=tokenizer)
+                           global_step=global_step, tokenizer=tokenizer, cache_key=key)

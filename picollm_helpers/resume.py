@@ -3,8 +3,9 @@
 A checkpoint records its config, its data (each split's source, size and a fingerprint of its
 token ids) and its vocabulary. Resuming continues the exact batch order and learning-rate
 schedule of the run that wrote it, so it is only honest on the same model, data, vocabulary,
-seed and schedule: `differences` lists what does not match, and train() refuses to resume
-unless asked to go ahead anyway (force).
+seed and schedule: `differences` lists what does not match (fewer epochs than the checkpoint
+has trained included), and train() refuses to resume unless asked to go ahead anyway (force),
+which it records (forced_record) beside the run's new config.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def differences(ckpt: dict, cfg, kind: str | None, data: dict) -> list[str]:
     if saved.get("epochs") != mine["epochs"] and mine["lr_schedule"] == "cosine" and "epochs" in saved:
         # the cosine schedule spans all epochs: more epochs reshape the learning rate already used
         out.append(f"epochs (the cosine schedule's length): checkpoint {saved['epochs']}, this run {mine['epochs']}")
+    done = ckpt.get("epoch")
+    if isinstance(done, int) and done > mine["epochs"]:   # more epochs trained than this run asks for
+        out.append(f"epochs: the checkpoint has {done} epochs trained, this run asks for {mine['epochs']} (fewer: "
+                   f"resuming would train nothing; ask for {done} or more)")
     recorded = ckpt.get("data") or {}
     for part, what in (("train", "training data"), ("test", "test data"), ("vocab", "vocabulary")):
         if part in recorded and recorded[part] != data.get(part):
@@ -74,3 +79,14 @@ def differences(ckpt: dict, cfg, kind: str | None, data: dict) -> list[str]:
                        + (" (same size, different tokens)" if _describe(recorded[part]) == _describe(data.get(part))
                           else ""))
     return out
+
+
+def forced_record(ckpt: dict, cfg, diffs: list[str]) -> dict:
+    """What a forced resume keeps in history.extra["forced_resumes"]: after which epoch it resumed,
+    the differences, and each differing setting's value in the checkpoint and in this run (so a
+    run resumed with another seed records both seeds; its config records only this run's)."""
+    saved, mine = ckpt.get("config") or {}, cfg.to_dict()
+    changed = {k: {"checkpoint": saved[k], "this run": mine[k]} for k in mine
+               if k in saved and saved[k] != mine[k] and k not in FREE_TO_CHANGE}
+    return {"after_epoch": int(ckpt.get("epoch", 0)), "after_step": int(ckpt.get("global_step", 0)),
+            "settings": changed, "differences": list(diffs)}

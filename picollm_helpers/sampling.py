@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PicoLLMError
-from .models.decode import decode_fn
 from .timing import phase
+from .tokenizer import check_tokenizer
 
 # A cumulative sum of V terms is exact to about V float eps of its dtype; a mass within this many
 # times that of p counts as reaching p, so rounding cannot decide a boundary (p=0.8 on
@@ -32,13 +32,31 @@ def _check_p(p):
                          "a tiny p is greedy)")
 
 
+def _check_finite(logits) -> None:
+    """Refuse logits a distribution cannot be made from: a NaN or +inf anywhere, or a row that is
+    all -inf (no token left). A NaN would sort first and push the real top token out of the nucleus."""
+    top = logits.amax(dim=-1)  # NaN if a row holds one, +inf if it holds one, -inf if the row is all -inf
+    if not bool(torch.isfinite(top).all()):
+        if bool(logits.isnan().any()):
+            what = f"{int(logits.isnan().sum())} NaN value(s)"
+        elif bool((logits == float("inf")).any()):
+            what = "+inf"
+        else:
+            what = "a row that is all -inf (every token excluded)"
+        raise PicoLLMError(f"the logits hold {what}, so no next-token distribution can be made from them: the "
+                           "model's output is broken (a diverged or damaged model: check its training loss), "
+                           "or a filter excluded every token.")
+
+
 def top_p_filter(logits, p):
     """Keep the nucleus: the smallest set of most probable tokens whose probability reaches p.
 
     logits: (..., V). Returns logits of the same shape with every token outside the nucleus set to
-    -inf. At least one token (the most probable) is always kept; p=1 keeps all.
+    -inf. At least one token (the most probable) is always kept; p=1 keeps all. Logits with a NaN
+    or +inf, or a row that is all -inf, are refused (PicoLLMError): no distribution comes from them.
     """
     _check_p(p)
+    _check_finite(logits)
     if p >= 1.0:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
@@ -71,6 +89,7 @@ def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False
     filtered by top-k, then top-p, and a token is drawn from the softmax with `generator`.
     """
     _check_sampling(temperature, top_k, top_p)
+    _check_finite(logits)  # argmax would pick a NaN, multinomial would fail in torch's words
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -123,15 +142,15 @@ def _last_logits(model, ids):
 @torch.inference_mode()  # no_grad, and no version counters either: less overhead per token
 @phase("generate")
 def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-             greedy=False, seed=None, use_cache=True, num_samples=1, fast=True):
+             greedy=False, seed=None, use_cache=True, num_samples=1):
     """Continue `prompt` (a str, or a list of token ids) by max_new_tokens tokens -> Generation.
 
     use_cache=True steps the model's incremental state; use_cache=False runs the whole (cropped)
     context again for every token (same tokens, slower). seed makes sampling reproducible.
-    fast=True steps a transformer's cache with models.decode's fast step (same tokens, fewer
-    operations); fast=False with its readable model.step, the one lesson 04 builds.
     A transformer sees the last block_size tokens; a longer prompt is cropped, with a note.
     tokenizer may be None when prompt is token ids: the result then has ids only (text is None).
+    A tokenizer of another vocabulary than the model's (GPT-2's for a compact-vocabulary model) is
+    refused (VocabularyError, naming both): its ids would name other tokens.
     """
     if isinstance(prompt, str):
         if tokenizer is None:
@@ -142,10 +161,10 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
     if not prompt_ids:
         raise ValueError(f"prompt {prompt!r} is empty (no tokens): give at least one token of text, "
                          "e.g. prompt='Once upon a'")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} is negative: use 0 or more")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    for arg, value, least in (("max_new_tokens", max_new_tokens, 0), ("num_samples", num_samples, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise PicoLLMError(f"{arg}={value!r} must be a whole number >= {least}, e.g. {arg}=20")
+    check_tokenizer(model, tokenizer, who="generate")
     _check_sampling(temperature, top_k, top_p)
     block_size = getattr(model, "block_size", None)
     if block_size is not None and len(prompt_ids) > block_size:
@@ -161,8 +180,7 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
         new = []
         if max_new_tokens > 0:
             if use_cache:
-                step, state = decode_fn(model, num_samples, fast=fast)
-                logits, state = step(idx, state)  # prompt in one go
+                logits, state = model.step(idx, model.init_state(num_samples))  # prompt in one go
             else:
                 logits = _last_logits(model, idx)
             for i in range(max_new_tokens):
@@ -172,7 +190,7 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
                 if i == max_new_tokens - 1:
                     break
                 if use_cache:
-                    logits, state = step(nxt, state)
+                    logits, state = model.step(nxt, state)
                 else:
                     logits = _last_logits(model, torch.cat([idx] + new, dim=1))
     finally:

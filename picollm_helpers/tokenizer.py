@@ -27,6 +27,7 @@ import tiktoken
 import torch
 
 from .config import cache_dir
+from .errors import TokenizerError, VocabularyError
 from .files import write_bytes
 from .net import https_unreachable_reason
 
@@ -95,7 +96,16 @@ def ensure_ranks(verbose: bool = True) -> Path:
             if verbose:
                 print(f"Tokenizer: GPT-2 ranks fetched from {source} into {path}")
             return path
-    raise RuntimeError(
+    if path.exists():   # a file is there, but not the right one: say so, not "no cached file"
+        got = _sha256(path.read_bytes())
+        raise TokenizerError(
+            f"the cached GPT-2 ranks file {path} failed its sha256 check (expected {GPT2_RANKS_SHA256[:12]}..., "
+            f"got {got[:12]}...: damaged, or another file), and no good copy could be fetched (tiktoken's host "
+            f"is unreachable and `pip download {WHISPER_SDIST}` failed). Fixes: delete it and run `make setup` "
+            f"once with access to PyPI; or copy a good gpt2.tiktoken over it; or set PICOLLM_CACHE to a folder "
+            f"that has a good tokenizer/gpt2.tiktoken."
+        )
+    raise TokenizerError(
         "Could not get GPT-2's BPE ranks: no cached file at "
         f"{path}, tiktoken's host is unreachable and `pip download {WHISPER_SDIST}` failed. Fixes: run "
         "`make setup` once with access to PyPI; or copy a gpt2.tiktoken file (sha256 "
@@ -176,6 +186,65 @@ class CompactTokenizer:
 
     def __repr__(self) -> str:
         return f"CompactTokenizer({self.n_vocab - 1} GPT-2 tokens + {self.UNK})"
+
+
+def vocab_name(tokenizer) -> str | None:
+    """A short name of the vocabulary a tokenizer's ids index: "gpt2" for GPT-2's own 50257 ids,
+    "gpt2-compact3001#1a2b3c4d" for a compact one (the hash is of its id map, so two corpora's compact
+    vocabularies of the same size differ), else the tokenizer's name and size. A model records the
+    name it was trained with (model.vocab_name), so another tokenizer can be refused."""
+    if tokenizer is None:
+        return None
+    name = str(getattr(tokenizer, "name", None) or type(tokenizer).__name__)
+    to_base = getattr(tokenizer, "to_base", None)
+    if to_base is not None:
+        cached = getattr(tokenizer, "_vocab_name", None)
+        if cached is not None:
+            return cached
+        ids = torch.as_tensor(to_base, dtype=torch.long).contiguous()
+        full = f"{name}#{hashlib.blake2b(ids.numpy().tobytes(), digest_size=4).hexdigest()}"
+        try:
+            tokenizer._vocab_name = full
+        except AttributeError:
+            pass
+        return full
+    n = getattr(tokenizer, "n_vocab", None)
+    if name == "gpt2" and n == VOCAB_SIZE:
+        return name
+    return f"{name}/{n}" if n is not None else name
+
+
+def _model_vocab_size(model) -> int | None:
+    v = getattr(model, "vocab_size", None)
+    if v is None and isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
+        v = model.lm_head.out_features
+    return None if v is None else int(v)
+
+
+def check_tokenizer(model, tokenizer, who: str = "generate") -> None:
+    """Refuse a tokenizer whose ids are not the ones the model was trained on (VocabularyError).
+
+    With the compact vocabulary, id 17 means another token than in GPT-2's: the wrong tokenizer
+    gives garbage text, or ids past the model's output layer. A model trained by train() (or loaded
+    by load_checkpoint) records its vocabulary's name, which must equal the tokenizer's; for a
+    model without one, the tokenizer's size must equal the model's output size.
+    """
+    if tokenizer is None or model is None:
+        return
+    mine, n = vocab_name(tokenizer), getattr(tokenizer, "n_vocab", None)
+    theirs, size = getattr(model, "vocab_name", None), _model_vocab_size(model)
+    if theirs is not None:
+        if theirs == mine:
+            return
+        model_says = f"the model was trained with the vocabulary {theirs}" + (f" ({size:,} ids)" if size else "")
+    elif size is not None and n is not None and size != n:
+        model_says = f"the model's output layer has {size:,} ids"
+    else:
+        return
+    tok_says = f"the tokenizer's vocabulary is {mine}" + (f" ({n:,} ids)" if n is not None else "")
+    raise VocabularyError(f"{who}: {tok_says}, but {model_says}, so its ids name other tokens. Pass the tokenizer "
+                          f"the model was trained with: the dataset's (train_ds.tokenizer), or for a loaded "
+                          f"checkpoint load_checkpoint(path)[1]['tokenizer'] (None there means get_tokenizer()).")
 
 
 def check_prompt(tokenizer, prompt: str, who: str = "") -> list[int]:

@@ -33,7 +33,7 @@ from .plots import history_figure, png_bytes
 from .progress import in_notebook, progress
 from .sampling import generate
 from .timing import phase
-from .tokenizer import EOT_ID, check_prompt
+from .tokenizer import EOT_ID, check_prompt, vocab_name
 
 # ----------------------------------------------------------------------------------------------
 # Data order and schedule
@@ -281,6 +281,8 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
     if tokenizer is None:
         tokenizer = getattr(train_ds, "tokenizer", None)    # make_datasets attaches the one it used
     _check_vocab(model, train_ds, tokenizer)
+    if tokenizer is not None:
+        model.vocab_name = vocab_name(tokenizer)   # generate() refuses another vocabulary's tokenizer
     if tokenizer is not None:   # the samples after each epoch need it: fail now, not after an epoch
         check_prompt(tokenizer, cfg.prompt, who=f"[{name or model_kind(model) or type(model).__name__}] ")
     dist, dist_device = distributed.setup(cfg.device_id)
@@ -327,6 +329,8 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         if ckpt.get("history"):
             history = History.from_dict(ckpt["history"])
             history.config = config_dict(cfg)
+        if diffs:   # the config now says this run's values: keep the checkpoint's beside them
+            history.extra.setdefault("forced_resumes", []).append(resume.forced_record(ckpt, cfg, diffs))
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         set_rng_state(ckpt["rng"])
         if main:

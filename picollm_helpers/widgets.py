@@ -37,6 +37,7 @@ from .interp import (
 )
 from .plots import plot_attention
 from .sampling import _encode, _last_logits, generate, top_k_filter, top_p_filter
+from .tokenizer import check_tokenizer
 
 
 def _error_html(exc: Exception) -> str:
@@ -76,6 +77,7 @@ class TopPExplorer:
     def __init__(self, model, tokenizer, prompt: str = "Once upon a", *, top_p: float = 0.9,
                  temperature: float = 1.0, top_k: int = 0, seed: int = 0, max_new_tokens: int = 30,
                  show_tokens: int = 12):
+        check_tokenizer(model, tokenizer, who="TopPExplorer")  # another vocabulary: every token shown wrong
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.show_tokens = max_new_tokens, show_tokens
         self.prompt = W.Text(value=prompt, description="prompt", continuous_update=False,
@@ -172,6 +174,7 @@ class AttentionExplorer:
 
     def __init__(self, model, tokenizer, prompt: str, *, layer: int = 0, head: int = 0, top_k: int = 3,
                  scores: dict | None = None, ablation: str = "zero", show_tokens: int = 8):
+        check_tokenizer(model, tokenizer, who="AttentionExplorer")  # another vocabulary: every label wrong
         self.model, self.tokenizer, self.k = model, tokenizer, top_k
         self.scores, self.ablation, self.show_tokens = scores, ablation, show_tokens
         n_layers, n_heads = len(model.blocks), model.n_heads

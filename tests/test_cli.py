@@ -229,8 +229,8 @@ def test_user_mistakes_print_one_message_and_exit_1(course, capsys):
     ckpt = work / "out" / "lstm" / "checkpoint.pt"
     good = ckpt.read_bytes()
     cases = [
-        (argv + ["--input_files", "data/nope.txt"], None, "no file 'data/nope.txt'"),
-        (argv + ["--prompt", "Hello world"], None, "none of its tokens ('Hello', ' world') occurs"),
+        (argv + ["--overwrite", "--input_files", "data/nope.txt"], None, "no file 'data/nope.txt'"),
+        (argv + ["--overwrite", "--prompt", "Hello world"], None, "none of its tokens ('Hello', ' world') occurs"),
         (argv + ["--resume", "--seed", "5"], None, "seed: checkpoint 1337, this run 5"),
         (argv + ["--resume"], good[:len(good) // 3], "checkpoint.pt is incomplete or damaged"),
         (argv + ["--resume"], b"", "checkpoint.pt is empty (0 bytes)"),
@@ -265,7 +265,7 @@ def test_pico_llm_names_name_the_models_in_pico_llm_files(course, capsys):
     assert "=== Training model: lstm (" in out
     check_pico_llm_files(work / "out", {"kvcache_transformer": 2, "lstm": 0}, epochs=2, steps=2)
     # another run of one model replaces its entries and keeps the others'
-    code, out, err = run_cli(argv + ["--models", "lstm_seq", "--epochs", "1"], work, env, capsys)
+    code, out, err = run_cli(argv + ["--models", "lstm_seq", "--epochs", "1", "--overwrite"], work, env, capsys)
     assert code == 0, err
     losses = json.loads((work / "out" / "loss_logs.json").read_text())
     assert list(losses) == ["kvcache_transformer", "lstm", "lstm_seq"] and len(losses["lstm_seq"]["train"]) == 1

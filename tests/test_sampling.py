@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from picollm_helpers.errors import PicoLLMError
 from picollm_helpers.models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel
 from picollm_helpers.sampling import Generation, generate, sample_next, top_k_filter, top_p_filter
 
@@ -174,3 +175,36 @@ def test_generate_checks_its_sampling_settings_up_front(kw, words):
     with pytest.raises(ValueError) as e:
         generate(model, None, [1, 2, 3], 5, **kw)
     assert words in str(e.value)
+
+
+# ----- non-finite logits and generate's arguments
+
+
+@pytest.mark.parametrize("bad, words", [
+    (float("nan"), "NaN"),
+    (float("inf"), r"\+inf"),
+])
+def test_top_p_and_sampling_refuse_non_finite_logits(bad, words):
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0]])
+    logits[0, 2] = bad                                    # before: a NaN kept, the real top token (1) dropped
+    for call in (lambda: top_p_filter(logits, 0.5), lambda: sample_next(logits, greedy=True),
+                 lambda: sample_next(logits, top_p=0.9, generator=torch.Generator().manual_seed(0))):
+        with pytest.raises(PicoLLMError, match=words):
+            call()
+    everything_excluded = torch.full((1, 4), float("-inf"))
+    for call in (lambda: top_p_filter(everything_excluded, 0.9), lambda: sample_next(everything_excluded)):
+        with pytest.raises(PicoLLMError, match="all -inf"):
+            call()
+    some_excluded = torch.tensor([[float("-inf"), 5.0, 1.0, float("-inf")]])  # -inf from a filter: fine
+    assert int(top_p_filter(some_excluded, 0.5).argmax()) == 1 and int(sample_next(some_excluded, greedy=True)) == 1
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(max_new_tokens=2.5), "max_new_tokens=2.5 must be a whole number >= 0"),
+    (dict(max_new_tokens=True), "max_new_tokens=True"),
+    (dict(max_new_tokens=-1), "max_new_tokens=-1"),
+    (dict(max_new_tokens=3, num_samples=1.5), "num_samples=1.5 must be a whole number >= 1"),
+])
+def test_generate_refuses_counts_that_are_not_whole_numbers(kw, words):
+    with pytest.raises(PicoLLMError, match=words):
+        generate(models()[2], CharTok(), "ab", **kw)
