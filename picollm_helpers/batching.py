@@ -27,7 +27,7 @@ from .config import IGNORE_INDEX, cache_dir
 from .data import cache_key, cache_note, load_text_files, load_tinystories, load_wiki, texts_digest
 from .errors import DataError
 from .files import write_bytes
-from .progress import progress
+from .progress import note, progress
 from .tokenizer import EOT_ID, CompactTokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def source_weights(cfg) -> dict[str, float]:
         w_tiny, w_wiki = w_tiny / (w_tiny + w_wiki), w_wiki / (w_tiny + w_wiki)
         rest = 0.0
     if files and rest <= 1e-9:
-        print(f"Note: input_files {files} are not used: tinystories_weight + wiki_weight = 1 leaves no draws "
+        note(f"Note: input_files {files} are not used: tinystories_weight + wiki_weight = 1 leaves no draws "
               "for them (lower those weights to mix them in).")
     weights = {"TinyStories": w_tiny, "Wiki": w_wiki, "input files": max(rest, 0.0) if files else 0.0}
     return {k: w for k, w in weights.items() if w > 1e-9}
@@ -284,7 +284,7 @@ def make_datasets(cfg, tokenizer) -> tuple[TokenDataset, TokenDataset]:
         tokenizer = CompactTokenizer(tokenizer, used)
         tokenized = {name: (tokenizer.from_base[tokens.long()].to(torch.int32), lengths)
                      for name, (tokens, lengths) in tokenized.items()}
-        print(f"Vocabulary: compact, the {tokenizer.n_vocab - 1:,} GPT-2 tokens the data uses (+ <|unk|>) "
+        note(f"Vocabulary: compact, the {tokenizer.n_vocab - 1:,} GPT-2 tokens the data uses (+ <|unk|>) "
               f"instead of {tokenizer.base.n_vocab:,} (compact_vocab=True)")
     eot = int(tokenizer.eot_token)
 
@@ -308,7 +308,7 @@ def make_datasets(cfg, tokenizer) -> tuple[TokenDataset, TokenDataset]:
     for ds in (train, test):  # the tokenizer and vocabulary size the model must use with this data
         ds.tokenizer, ds.vocab_size = tokenizer, tokenizer.n_vocab
     mode = f"packed windows of {block_size + 1} tokens" if packed else f"one per document, <= {block_size + 1} tokens"
-    print(f"Datasets: train {len(train):,} examples ({train.source}), test {len(test):,} examples; {mode}")
+    note(f"Datasets: train {len(train):,} examples ({train.source}), test {len(test):,} examples; {mode}")
     return train, test
 
 

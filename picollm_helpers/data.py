@@ -34,6 +34,7 @@ from .config import cache_dir, repo_root
 from .errors import DataError, MissingFileError, PicoLLMError
 from .files import write_bytes
 from .net import https_unreachable_reason
+from .progress import note
 from .pydocs import python_docs_in_subprocess
 
 TINYSTORIES_HUB = "roneneldan/TinyStories"
@@ -135,7 +136,7 @@ def texts_digest(texts: list[str]) -> str:
 
 def cache_note(path: Path, why: str) -> None:
     """The one line a cache file that does not match its key prints before it is rebuilt."""
-    print(f"cache: {_display(path)} {why}; rebuilt (the file is replaced, nothing is trained on it)")
+    note(f"cache: {_display(path)} {why}; rebuilt (the file is replaced, nothing is trained on it)")
 
 
 def _read_texts_cache(path: Path, key: str) -> list[str] | None:
@@ -474,6 +475,6 @@ def _report(corpus: Corpus, wanted: int | None = None) -> Corpus:
         raise DataError(f"{corpus.source}: the corpus is empty; check the file or the filters.")
     if wanted is not None and len(corpus) < wanted:
         corpus.source += f" [only {len(corpus)} of the {wanted} asked for are available]"
-    print(corpus.source)
+    note(corpus.source)   # once per process: five cells loading one corpus say it once
     return corpus
 

@@ -28,6 +28,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .config import cache_dir
 from .errors import DigestError
 from .history import History
+from .progress import note
 
 KEY_VERSION = 1  # bump when what goes into the key changes, so old entries are never matched
 
@@ -85,7 +86,7 @@ def load(model: nn.Module, key: str, name: str) -> History | None:
         return None
 
     def miss(why: str) -> None:
-        print(f"[{name}] the model cache entry {path} {why}; training anew (the entry will be replaced)")
+        note(f"[{name}] the model cache entry {path} {why}; training anew (the entry will be replaced)")
 
     try:
         ckpt = read_checkpoint(path)

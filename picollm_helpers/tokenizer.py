@@ -30,6 +30,7 @@ from .config import cache_dir
 from .errors import TokenizerError, VocabularyError
 from .files import write_bytes
 from .net import https_unreachable_reason
+from .progress import note
 
 EOT_ID = 50256
 VOCAB_SIZE = 50257
@@ -94,7 +95,7 @@ def ensure_ranks(verbose: bool = True) -> Path:
         if data is not None and _sha256(data) == GPT2_RANKS_SHA256:
             _write_ranks(data)
             if verbose:
-                print(f"Tokenizer: GPT-2 ranks fetched from {source} into {path}")
+                note(f"Tokenizer: GPT-2 ranks fetched from {source} into {path}")
             return path
     if path.exists():   # a file is there, but not the right one: say so, not "no cached file"
         got = _sha256(path.read_bytes())
@@ -134,7 +135,7 @@ def get_tokenizer(verbose: bool = False) -> tiktoken.Encoding:
         explicit_n_vocab=VOCAB_SIZE,
     )
     if verbose:
-        print(f"Tokenizer: GPT-2 BPE from {path} (vocab {enc.n_vocab})")
+        note(f"Tokenizer: GPT-2 BPE from {path} (vocab {enc.n_vocab})")
     return enc
 
 
@@ -270,7 +271,7 @@ def check_prompt(tokenizer, prompt: str, who: str = "") -> list[int]:
         raise PromptError(f"{who}prompt={prompt!r}: none of its tokens ({listed}) occurs in the training data, "
                           f"so with the compact vocabulary it is all {CompactTokenizer.UNK}. Use a prompt in the "
                           f"style of the data, or --no-compact_vocab (compact_vocab=False).")
-    print(f"{who}note: the prompt's tokens {listed} never occur in the training data; with the compact "
+    note(f"{who}note: the prompt's tokens {listed} never occur in the training data; with the compact "
           f"vocabulary they become {CompactTokenizer.UNK} (compact_vocab=False keeps them).")
     return ids
 

@@ -3,7 +3,14 @@
 import pytest
 
 from picollm_helpers import data
+from picollm_helpers.progress import forget_notes
 from picollm_helpers.tokenizer import get_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def fresh_notes():
+    """Each test starts as a new process would: no one-time note printed yet."""
+    forget_notes()
 
 
 @pytest.fixture(scope="session")
