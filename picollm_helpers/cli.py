@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "time, saving memory", type=int)
     flag(g, "length_bucket", "0: pad each batch to its longest example; N: to a multiple of N, so batches "
                              "come in a few shapes (with --compile on a CUDA GPU: CUDA graphs)", type=int)
+    flag(g, "eval_subset", "0: each epoch's test loss on the whole test set; N: on N fixed test examples "
+                           "each epoch but the last (the whole set then), a cheaper evaluation", type=int)
 
     g = p.add_argument_group("generation")
     flag(g, "prompt", "prompt for the samples", type=str)

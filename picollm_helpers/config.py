@@ -36,10 +36,10 @@ _FLOATS = ("tinystories_weight", "wiki_weight", "test_fraction", "dropout", "lea
            "grad_clip")
 _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram_k", "kgram_chunk_size",
          "num_inner_mlp_layers", "lstm_layers", "n_heads", "n_blocks", "epochs", "batch_size", "warmup_steps",
-         "loss_chunk_size", "length_bucket", "max_new_tokens", "seed")
+         "loss_chunk_size", "length_bucket", "eval_subset", "max_new_tokens", "seed")
 _BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
 # Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
-_LATER_FIELDS = ("embed_scale", "length_bucket")
+_LATER_FIELDS = ("embed_scale", "length_bucket", "eval_subset")
 # The largest seed: 32 bits, the size numpy's and most tools' seeds take; seed * 1_000_003 + epoch
 # (the data split's and the batch order's generators) then stays far within torch's 64-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -153,6 +153,10 @@ class RunConfig:
     # 0: each training batch is padded to its longest example. N: to the next multiple of N (at most
     # block_size), so batches take at most ceil(block_size / N) shapes: what CUDA graphs need.
     length_bucket: int = 0
+    # 0: each epoch's test loss is on the whole test set. N: each epoch but the last is tested on N test
+    # examples, the same ones every epoch (drawn with seed), and the last on the whole set: a long
+    # run's per-epoch evaluation then costs N examples, not the whole set (History.test_subset says which).
+    eval_subset: int = 0
     # generation
     prompt: str = "Once upon a"
     max_new_tokens: int = 20
@@ -271,6 +275,9 @@ class RunConfig:
         if self.length_bucket < 0:
             raise bad("length_bucket", "use 0 (pad each batch to its longest example) or a bucket width "
                                        "such as 64 (pad to a multiple of it).")
+        if self.eval_subset < 0:
+            raise bad("eval_subset", "use 0 (the whole test set every epoch) or a number of test examples such "
+                                     "as 256 (a fixed subset each epoch, the whole set after the last).")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "use a value in [0, 1).")
         if self.max_new_tokens < 1:

@@ -6,6 +6,8 @@ Each run folder `<cfg.output_dir>/<name>/` holds:
                          "train": {"step": [1, 2, ...], "loss": [...]},          one entry per optimizer step
                          "test":  {"epoch": [1, ...], "step": [...], "loss": [...], one per epoch, full test set
                                    "batch_loss": [[...], ...]},        per epoch, the loss of each test batch
+                         "test_subset": {"epoch": [...], "examples": [...]},  epochs whose test loss is
+                                          on cfg.eval_subset's fixed examples, not the whole test set
                          "epochs": {"epoch": [1, ...], "end_step": [...]},   the last step of each epoch
                          "epoch_times": {"epoch": [...], "train_time_s": [...], "tokens": [...]},
                                           each epoch's seconds in optimizer steps and non-padding tokens
@@ -46,6 +48,7 @@ class History:
     train_loss: list = field(default_factory=list)   # [(global_step, loss)] one per optimizer step
     test_loss: list = field(default_factory=list)    # [(epoch, global_step, loss)] one per epoch
     test_batch_losses: dict = field(default_factory=dict)  # {epoch: [loss of each test batch, in order]}
+    test_subset: dict = field(default_factory=dict)  # {epoch: examples} epochs tested on cfg.eval_subset's subset
     epoch_ends: list = field(default_factory=list)   # [(epoch, global_step of its last step)]
     epoch_times: list = field(default_factory=list)  # [(epoch, seconds in its optimizer steps, tokens)]
     generations: dict = field(default_factory=dict)  # {epoch: {"greedy": text, "top_p=0.2": text, ...}}
@@ -77,6 +80,7 @@ class History:
                 "train_loss": [[int(s), float(l)] for s, l in self.train_loss],
                 "test_loss": [[int(e), int(s), float(l)] for e, s, l in self.test_loss],
                 "test_batch_losses": {str(e): [float(l) for l in ls] for e, ls in self.test_batch_losses.items()},
+                "test_subset": {str(e): int(n) for e, n in self.test_subset.items()},
                 "epoch_ends": [[int(e), int(s)] for e, s in self.epoch_ends],
                 "epoch_times": [[int(e), float(t), int(n)] for e, t, n in self.epoch_times],
                 "generations": {str(e): dict(g) for e, g in self.generations.items()},
@@ -91,6 +95,7 @@ class History:
                    test_loss=test_loss,
                    test_batch_losses={int(e): [float(l) for l in ls]
                                       for e, ls in d.get("test_batch_losses", {}).items()},
+                   test_subset={int(e): int(n) for e, n in d.get("test_subset", {}).items()},
                    epoch_ends=_epoch_ends(d.get("epoch_ends"), test_loss),
                    epoch_times=[(int(e), float(t), int(n)) for e, t, n in d.get("epoch_times", [])],
                    generations={int(e): dict(g) for e, g in d.get("generations", {}).items()},
@@ -107,6 +112,8 @@ class History:
                          "step": [int(s) for _, s, _ in self.test_loss],
                          "loss": [float(l) for _, _, l in self.test_loss],
                          "batch_loss": [list(self.test_batch_losses.get(e, [])) for e, _, _ in self.test_loss]},
+                "test_subset": {"epoch": [int(e) for e in sorted(self.test_subset)],
+                                "examples": [int(self.test_subset[e]) for e in sorted(self.test_subset)]},
                 "epochs": {"epoch": [int(e) for e, _ in self.epoch_ends],
                            "end_step": [int(s) for _, s in self.epoch_ends]},
                 "epoch_times": {"epoch": [int(e) for e, _, _ in self.epoch_times],
@@ -166,6 +173,7 @@ class History:
                     train_loss=list(zip(logs["train"]["step"], logs["train"]["loss"])),
                     test_loss=test_loss,
                     test_batch_losses={e: ls for e, ls in zip(test["epoch"], test.get("batch_loss", [])) if ls},
+                    test_subset=dict(zip(*(logs.get("test_subset", {}).get(k, []) for k in ("epoch", "examples")))),
                     epoch_ends=_epoch_ends(epochs and list(zip(epochs["epoch"], epochs["end_step"])), test_loss),
                     epoch_times=list(zip(*(logs.get("epoch_times", {}).get(k, []) for k in
                                            ("epoch", "train_time_s", "tokens")))),

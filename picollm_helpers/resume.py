@@ -17,7 +17,8 @@ from .model_cache import _dataset_fingerprint, _update_tensor
 # Settings that change where outputs go, what is printed, or how fast the same numbers are
 # computed, but not which weights training produces: a resumed run may change them.
 FREE_TO_CHANGE = {"output_dir", "device_id", "profile", "prompt", "max_new_tokens", "top_p_values",
-                  "precision", "compile", "loss_chunk_size", "length_bucket", "epochs"}
+                  "precision", "compile", "loss_chunk_size", "length_bucket", "epochs",
+                  "eval_subset"}
 
 
 def split_record(ds) -> dict | None:

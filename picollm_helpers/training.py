@@ -4,11 +4,12 @@
     plot_history(history)
 
 One epoch is min(cfg.max_steps_per_epoch, len(train_ds) // batch_size) AdamW steps over batches
-in an order fixed by (cfg.seed, epoch), then the loss on the whole test set and, given a
-tokenizer, the report's samples from cfg.prompt. Each run writes its logs (history.py) and
-checkpoint (checkpoint.py) to `<cfg.output_dir>/<name>/`; `cache=True` reuses a model trained
-earlier with the identical config, data, initial weights and seed (model_cache.py).
-The loss itself lives in loss.py.
+in an order fixed by (cfg.seed, epoch), then the loss on the test set. train() itself is that
+loop; its side jobs (the progress bar, the per-epoch lines, the report's samples from cfg.prompt,
+the live plot, the logs (history.py) and checkpoint (checkpoint.py) in `<cfg.output_dir>/<name>/`,
+the model cache) are reporters (reporters.py) it calls at the start, after each step, after each
+epoch and at the end. `cache=True` reuses a model trained earlier with the identical config, data,
+initial weights and seed (model_cache.py). The loss itself lives in loss.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import distributed, model_cache, resume
 from .batching import collate_batch
@@ -27,11 +29,10 @@ from .checkpoint import config_dict, read_checkpoint, save_checkpoint, set_rng_s
 from .config import IGNORE_INDEX, resolve_device, resolve_precision
 from .errors import CheckpointError, PicoLLMError, TrainingDivergedError
 from .history import History, plain
-from .loss import LossModule, loss_sum
+from .loss import LossModule, fused_linear_ce, loss_sum
 from .models import model_kind
-from .plots import history_figure, png_bytes
-from .progress import in_notebook, progress
-from .sampling import generate
+from .progress import reporting_mode
+from .reporters import RunState, emit, reporters_for
 from .timing import phase
 from .tokenizer import EOT_ID, check_prompt, vocab_name
 
@@ -135,42 +136,100 @@ def _compile_or_eager(fn, name: str, n_shapes: int = 1, **settings):
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
+# What one evaluate() batch may take in memory: its (B, T, V) logits (without the fused loss), one
+# block's activations and the attention scores, estimated at block_size positions per example.
+EVAL_MEMORY_BYTES = 256 * 2**20
 
-@torch.no_grad()
+
+def eval_batch_size(model: nn.Module, cfg) -> int:
+    """Test examples evaluate() runs through the model at once: the most whole cfg.batch_size
+    batches that fit EVAL_MEMORY_BYTES, at least one. Larger matmuls and fewer Python round trips
+    make evaluation cheaper; training's batch size was chosen for the optimizer, not for this."""
+    logits = 0 if cfg.loss_chunk_size > 0 else 2 * (vocab_size_of(model) or 50257)  # logits + log-softmax
+    per_position = 4 * (logits + 16 * cfg.embed_size + cfg.n_heads * cfg.block_size)  # fp32 bytes
+    batches = EVAL_MEMORY_BYTES // (per_position * cfg.block_size * cfg.batch_size)
+    return cfg.batch_size * max(1, batches)
+
+
+def _loss_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per: int, chunk: int) -> list[torch.Tensor]:
+    """The summed loss of each `per` consecutive rows of (x, y), from one forward pass over all rows.
+
+    Right padding changes nothing: every model here is causal, so a real position never sees the
+    padding after it, and padded targets are masked. With chunk > 0 the output layer and its loss
+    are loss.py's fused, chunked ones (never the (B, T, V) logits); else F.cross_entropy on them."""
+    rows = range(0, x.shape[0], per)
+    if chunk <= 0:
+        logits = model(x)                                                  # (B, T, V)
+        return [F.cross_entropy(logits[i:i + per].flatten(0, 1), y[i:i + per].flatten(),
+                                ignore_index=IGNORE_INDEX, reduction="sum") for i in rows]
+    head = getattr(model, "lm_head", None)
+    if not (hasattr(model, "hidden") and isinstance(head, nn.Linear)):
+        return [loss_sum(model, x[i:i + per], y[i:i + per], chunk) for i in rows]   # says what to set
+    hidden = model.hidden(x)                                               # (B, T, D)
+    dev = hidden.device.type
+    mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    sums = []
+    for i in rows:
+        h, t = hidden[i:i + per].flatten(0, 1), y[i:i + per].flatten()     # (b*T, D), (b*T,)
+        keep = t != IGNORE_INDEX                                           # padding never reaches the head
+        sums.append(fused_linear_ce(h[keep], head.weight, head.bias, t[keep], chunk, False, mm_dtype))
+    return sums
+
+
 @phase("evaluate")
-def evaluate(model: nn.Module, test_ds, cfg, batch_losses: list | None = None) -> float:
+def evaluate(model: nn.Module, test_ds, cfg, batch_losses: list | None = None, examples=None) -> float:
     """Token-weighted mean CE over every non-padding target of test_ds, in its fixed order.
 
-    Deterministic: the same weights give the same number. Under torchrun the batches are split
-    across ranks and the sums added, so every rank returns the same value. batch_losses: a list
-    to which the mean loss of each test batch (cfg.batch_size examples, in order) is appended.
+    Deterministic: the same weights give the same number. Runs under torch.inference_mode, several
+    test batches per forward pass (eval_batch_size), with the fused loss when cfg.loss_chunk_size > 0.
+    Under torchrun the passes are split across ranks and the sums added, so every rank returns the
+    same value. batch_losses: a list to which the mean loss of each test batch (cfg.batch_size
+    examples, in order) is appended. examples: indices of the test examples to use, in order
+    (train() passes cfg.eval_subset's); None: all of them.
     """
     if test_ds is None or len(test_ds) == 0:
         raise ValueError("the test set is empty: set test_fraction > 0 (e.g. 0.1) to hold out test data")
+    order = list(range(len(test_ds))) if examples is None else [int(i) for i in examples]
     dist = distributed.info()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chunk = cfg.loss_chunk_size
     pad_id = _pad_id(test_ds)
-    starts = range(0, len(test_ds), cfg.batch_size)
-    sums, counts = [0.0] * len(starts), [0] * len(starts)              # per batch; python floats: float64
-    for b, start in enumerate(starts):
-        if b % dist.world_size != dist.rank:
-            continue
-        stop = min(start + cfg.batch_size, len(test_ds))
-        x, y = collate_batch([test_ds[i] for i in range(start, stop)], pad_id=pad_id)
-        x, y = x.to(device), y.to(device)
-        with autocast(device, cfg):
-            sums[b] = loss_sum(model, x, y, chunk).item()
-        counts[b] = int((y != IGNORE_INDEX).sum())
-    if dist.enabled:   # each rank filled its own batches: adding the lists completes them
-        total = distributed.all_reduce_sum(torch.tensor([sums, counts], dtype=torch.float64, device=device))
-        sums, counts = total.tolist()
+    per = cfg.batch_size
+    n_batches = -(-len(order) // per)
+    k = eval_batch_size(model, cfg) // per                             # test batches per forward pass
+    sums = torch.zeros(n_batches, dtype=torch.float64, device=device)  # per test batch: float64, as before
+    counts = torch.zeros(n_batches, dtype=torch.float64)
+    with torch.inference_mode(), autocast(device, cfg):
+        for p, first in enumerate(range(0, n_batches, k)):
+            if p % dist.world_size != dist.rank:
+                continue
+            part = order[first * per:(first + k) * per]
+            x, y = collate_batch([test_ds[i] for i in part], pad_id=pad_id)   # (b, T), (b, T)
+            last = first + -(-len(part) // per)
+            targets = (y != IGNORE_INDEX).sum(1)                              # (b,) counted on the CPU
+            counts[first:last] = torch.stack([c.sum() for c in targets.split(per)]).double()
+            x, y = x.to(device), y.to(device)
+            for b, s in enumerate(_loss_sums(model, x, y, per, cfg.loss_chunk_size)):
+                sums[first + b] = s
+    if dist.enabled:   # each rank filled its own batches: adding the tensors completes them
+        sums, counts = distributed.all_reduce_sum(torch.stack([sums, counts.to(device)])).tolist()
+    else:
+        sums, counts = sums.tolist(), counts.tolist()
     model.train(was_training)
     if batch_losses is not None:
         batch_losses.extend(s / max(c, 1) for s, c in zip(sums, counts))
     return sum(sums) / max(sum(counts), 1)
+
+
+def eval_subset_examples(n_test: int, cfg) -> list[int] | None:
+    """The test examples train() evaluates before the last epoch: cfg.eval_subset of them, drawn
+    once from cfg.seed and kept in the test set's order, so every epoch is tested on the same
+    examples. None (the whole set) when eval_subset is 0 or not smaller than the test set."""
+    if not cfg.eval_subset or cfg.eval_subset >= n_test:
+        return None
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7_919)   # apart from the epochs' batch orders
+    return sorted(torch.randperm(n_test, generator=g)[:cfg.eval_subset].tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,39 +253,7 @@ def grad_norms_by_layer(model: nn.Module, per_parameter: bool = False) -> dict[s
 
 
 # ----------------------------------------------------------------------------------------------
-# Live plot (notebooks only)
-
-
-class _LivePlot:
-    """Redraws the loss plot in one notebook output every `every` steps; a no-op elsewhere."""
-
-    def __init__(self, every: int):
-        self.every = every
-        self.handle = None
-        self.enabled = every > 0 and in_notebook()
-
-    def update(self, history: History, step: int, force: bool = False):
-        if not self.enabled or (not force and step % self.every):
-            return
-        from IPython.display import Image, display
-        img = Image(data=png_bytes(history_figure(history, title=f"{history.name}: training (live)")))
-        if self.handle is None:
-            self.handle = display(img, display_id=True)
-        else:
-            self.handle.update(img)
-
-
-# ----------------------------------------------------------------------------------------------
 # Training loop
-
-
-def _generate_samples(model, tokenizer, cfg, epoch: int) -> dict[str, str]:
-    """Greedy plus one sample per cfg.top_p_values from cfg.prompt: the report's tables."""
-    samples = {"greedy": generate(model, tokenizer, cfg.prompt, cfg.max_new_tokens, greedy=True, seed=cfg.seed)}
-    for p in cfg.top_p_values:
-        samples[f"top_p={float(p)}"] = generate(model, tokenizer, cfg.prompt, cfg.max_new_tokens,
-                                                greedy=False, top_p=float(p), seed=cfg.seed + epoch)
-    return {k: g.text for k, g in samples.items()}  # prompt + continuation, as the report
 
 
 def _check_vocab(model, train_ds, tokenizer) -> None:
@@ -254,15 +281,22 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.O
 @phase("train")
 def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str | None = None,
           live_plot: bool | int = False, resume_from=None, checkpoint_every_epoch: bool = True,
-          step_callback=None, save: bool = True, cache: bool = False, force_resume: bool = False) -> History:
+          step_callback=None, save: bool = True, cache: bool = False, force_resume: bool = False,
+          reporting: str = "auto", reporters=()) -> History:
     """Train `model` on train_ds for cfg.epochs epochs; returns a History.
 
     Each epoch takes min(cfg.max_steps_per_epoch, len(train_ds) // batch_size) AdamW steps over
-    batches drawn in an order fixed by (cfg.seed, epoch), then measures the loss on the whole
-    test set and, given a tokenizer, samples from cfg.prompt greedily and at each cfg.top_p_values.
+    batches drawn in an order fixed by (cfg.seed, epoch), then measures the loss on the test set
+    (with cfg.eval_subset: on that many fixed examples, the whole set after the last epoch) and,
+    given a tokenizer, samples from cfg.prompt greedily and at each cfg.top_p_values.
     Results go to <cfg.output_dir>/<name>/ (logs each epoch, checkpoint.pt each epoch or at the
     end) unless save=False.
 
+    reporting: how much it prints (progress.reporting_mode): "notebook" one live bar for the whole
+      run and a one-line summary; "terminal" the bar with a line per epoch above it; "log" a line
+      per epoch and the summary, no bar (for a log file or CI); "auto" (default) picks notebook in
+      a Jupyter kernel, terminal when stdout is a terminal, else log. Every epoch's losses and
+      samples are in the returned History whatever the mode.
     live_plot: True (or N) redraws a loss plot every 25 (or N) steps in a notebook.
     tokenizer: for the samples; None uses train_ds.tokenizer when make_datasets attached one.
     resume_from: a checkpoint.pt of this run; training continues after its epoch with the same
@@ -273,24 +307,22 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
       optimizer step (so .grad holds this step's raw gradients). A dict it returns is appended,
       with "step", to history.extra["callback"].
     cache: reuse the model a call with the identical config, data, initial weights, seed and name
-      trained before (saying so and when), instead of training; otherwise train and keep the
-      result for next time. A cached run does not call step_callback again: what it returned then
-      is in history.extra["callback"].
+      trained before (saying so and when, in one line), instead of training; otherwise train and
+      keep the result for next time. A cached run does not call step_callback again: what it
+      returned then is in history.extra["callback"].
+    reporters: more reporters (reporters.py), called after train()'s own at each event.
     Raises TrainingDivergedError when the loss or gradient norm becomes NaN or infinite.
     """
+    mode = reporting_mode(reporting)
     if tokenizer is None:
         tokenizer = getattr(train_ds, "tokenizer", None)    # make_datasets attaches the one it used
+    name = name or model_kind(model) or type(model).__name__
     _check_vocab(model, train_ds, tokenizer)
-    if tokenizer is not None:
-        model.vocab_name = vocab_name(tokenizer)   # generate() refuses another vocabulary's tokenizer
     if tokenizer is not None:   # the samples after each epoch need it: fail now, not after an epoch
-        check_prompt(tokenizer, cfg.prompt, who=f"[{name or model_kind(model) or type(model).__name__}] ")
+        check_prompt(tokenizer, cfg.prompt, who=f"[{name}] ")
+        model.vocab_name = vocab_name(tokenizer)   # generate() refuses another vocabulary's tokenizer
     dist, dist_device = distributed.setup(cfg.device_id)
-    main = dist.is_main
     device = dist_device or resolve_device(cfg.device_id)
-    kind = model_kind(model)
-    name = name or kind or type(model).__name__
-    run_dir = Path(cfg.output_dir) / name
     key = None
     if cache:
         if resume_from is not None or dist.enabled:
@@ -301,10 +333,37 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
         if cached is not None:
             model.to(device)
             if save:
-                cached.save(run_dir)
+                cached.save(Path(cfg.output_dir) / name)
             return cached
-    model.to(device)
+    run = _start(model, cfg, train_ds, test_ds, tokenizer, name, device, dist, resume_from, force_resume, save)
+    reps = reporters_for(run, mode, live_plot=live_plot, checkpoint_every_epoch=checkpoint_every_epoch,
+                         cache_key=key, extra=reporters, write_checkpoint=save_checkpoint) if dist.is_main else []
+    steps = _Steps(run, train_ds, device, dist, step_callback,
+                   on_step=lambda step, loss: emit(reps, "on_step", run, step, loss))
 
+    emit(reps, "on_start", run)
+    for epoch in range(run.start_epoch, cfg.epochs + 1):
+        run.epoch = epoch
+        model.train()
+        for idx in epoch_order(len(train_ds), cfg.batch_size, cfg.seed, epoch)[:run.steps_per_epoch]:
+            steps.take(idx)                 # one AdamW step on this global batch
+        steps.end_epoch()                   # the epoch's mean loss, time and tokens into the history
+        if run.test_size:
+            _test(run, test_ds)
+        emit(reps, "on_epoch_end", run)     # samples, printing, plot, checkpoint and logs
+        distributed.barrier()
+    run.history.wall_time = run.elapsed()
+    emit(reps, "on_end", run)               # bar closed, logs, model cache, the summary line
+    return run.history
+
+
+def _start(model, cfg, train_ds, test_ds, tokenizer, name, device, dist, resume_from, force_resume,
+           save) -> RunState:
+    """The run's state before its first step: the model on its device, its optimizer and History,
+    fresh or restored from resume_from (checked against this run), and the RNGs seeded."""
+    model.to(device)
+    kind = model_kind(model)
+    run_dir = Path(cfg.output_dir) / name
     optimizer = make_optimizer(model, cfg, device)
     history = History(name=name, kind=kind, config=config_dict(cfg))
     start_epoch, global_step = 1, 0
@@ -316,7 +375,7 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             raise CheckpointError(f"[{name}] {resume_from} was trained on a different run: " + "; ".join(diffs)
                                   + ". Resume with the same settings, train afresh (no --resume), or pass "
                                     "--force (force_resume=True) to resume anyway.")
-        if diffs and main:
+        if diffs and dist.is_main:
             print(f"[{name}] resuming anyway (force): " + "; ".join(diffs))
         try:
             model.load_state_dict(ckpt["model_state"])
@@ -333,164 +392,158 @@ def train(model: nn.Module, cfg, train_ds, test_ds, tokenizer=None, *, name: str
             history.extra.setdefault("forced_resumes", []).append(resume.forced_record(ckpt, cfg, diffs))
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         set_rng_state(ckpt["rng"])
-        if main:
+        if dist.is_main:
             print(f"[{name}] resumed from {resume_from} after epoch {ckpt['epoch']} (step {global_step})")
             if save:   # logs written after this checkpoint (a crash between the two) describe lost work
                 history.save(run_dir)
     else:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-
-    loss_module = LossModule(model, cfg.loss_chunk_size)
-    step_fn = loss_module
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        step_fn = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    cuda_graphs = False
-    if cfg.compile:
-        settings = compile_settings(cfg, device)
-        cuda_graphs = settings.get("mode") == "reduce-overhead"
-        n_shapes = -(-cfg.block_size // cfg.length_bucket) if cfg.length_bucket else cfg.block_size
-        step_fn = _compile_or_eager(step_fn, name, n_shapes, **settings)
-        if main and settings:
-            print(f"[{name}] torch.compile {settings}: length_bucket={cfg.length_bucket} gives at most "
-                  f"{n_shapes} batch shapes")
-    if main and cfg.precision == "auto":
-        print(f"[{name}] precision auto: {resolve_precision('auto', device)} on {device}")
-
-    n_train = len(train_ds)
-    if n_train < dist.world_size:
-        raise ValueError(f"the training set has {n_train} examples, fewer than the {dist.world_size} "
+    if len(train_ds) < dist.world_size:
+        raise ValueError(f"the training set has {len(train_ds)} examples, fewer than the {dist.world_size} "
                          f"processes: use more data or fewer processes")
-    n_steps = steps_per_epoch(n_train, cfg)
-    total_steps = cfg.epochs * n_steps
-    has_test = test_ds is not None and len(test_ds) > 0
-    pad_id = _pad_id(train_ds, tokenizer)
-    live = _LivePlot((25 if live_plot is True else int(live_plot)) if (live_plot and main) else 0)
-    run_start = time.time() - history.wall_time
+    test_size = len(test_ds) if test_ds is not None else 0
+    return RunState(name=name, kind=kind, cfg=cfg, model=model, optimizer=optimizer, history=history,
+                    tokenizer=tokenizer, run_dir=run_dir, save=save and dist.is_main, data=data,
+                    steps_per_epoch=steps_per_epoch(len(train_ds), cfg), test_size=test_size,
+                    subset=eval_subset_examples(test_size, cfg), start_epoch=start_epoch,
+                    global_step=global_step, started=time.time() - history.wall_time)
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        batches = epoch_order(n_train, cfg.batch_size, cfg.seed, epoch)[:n_steps]
-        bar = progress(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not main)
-        epoch_losses = []
-        late = _reads_losses_late(device, step_callback)
-        pending = None  # with `late`: (step, loss, gradient norm, wait) of a step still on the GPU
-        epoch_time, epoch_tokens = 0.0, 0
 
-        # The helpers below belong to this epoch: its number, loss list and bar are bound here.
-        def finite(step, what, value, epoch=epoch):
-            if not math.isfinite(value):
-                raise TrainingDivergedError(_diverged_message(name, epoch, step, what, value, cfg))
-            return value
+def _test(run: RunState, test_ds) -> None:
+    """The epoch's test loss into the history: on eval_subset's examples, the whole set at the last epoch."""
+    examples = None if run.last_epoch else run.subset
+    batch_losses = []
+    loss = evaluate(run.model, test_ds, run.cfg, batch_losses, examples=examples)
+    run.history.test_loss.append((run.epoch, run.global_step, loss))
+    run.history.test_batch_losses[run.epoch] = batch_losses
+    if examples is not None:
+        run.history.test_subset[run.epoch] = len(examples)
 
-        def record(step, loss_value, epoch_losses=epoch_losses, bar=bar):
-            history.train_loss.append((step, loss_value))
-            epoch_losses.append(loss_value)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            live.update(history, step)
 
-        def settle(step, loss_t, norm_t, wait, finite=finite, record=record):
-            """Read a step's loss and gradient norm, stop on NaN/inf, record the loss."""
-            wait()
-            loss_value = finite(step, "loss", loss_t.item())
-            if norm_t is not None:
-                finite(step, "gradient norm", norm_t.item())
-            record(step, loss_value)
+class _Steps:
+    """train()'s optimizer steps: each global batch through the loss (DDP and torch.compile
+    around it when asked), backward, step_callback, clipping, AdamW; each step's loss recorded,
+    NaN or inf stopped, the epoch's time and tokens counted."""
 
-        for idx in bar:
+    def __init__(self, run: RunState, train_ds, device, dist, step_callback, on_step):
+        self.run, self.cfg, self.train_ds, self.device, self.dist = run, run.cfg, train_ds, device, dist
+        self.step_callback = step_callback
+        self.on_step = on_step          # (step, loss) once a step's loss is read: the reporters' on_step
+        self.pad_id = _pad_id(train_ds, run.tokenizer)
+        # On a GPU each step's loss is read one step late (see _reads_losses_late).
+        self.late = _reads_losses_late(device, step_callback)
+        self.pending = None   # with `late`: (step, loss, gradient norm, wait) of a step still on the GPU
+        self.losses, self.time, self.tokens = [], 0.0, 0
+        cfg, name, main = self.cfg, run.name, dist.is_main
+        step_fn = LossModule(run.model, cfg.loss_chunk_size)
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            step_fn = DDP(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
+        self.cuda_graphs = False
+        if cfg.compile:
+            settings = compile_settings(cfg, device)
+            self.cuda_graphs = settings.get("mode") == "reduce-overhead"
+            n_shapes = -(-cfg.block_size // cfg.length_bucket) if cfg.length_bucket else cfg.block_size
+            step_fn = _compile_or_eager(step_fn, name, n_shapes, **settings)
+            if main and settings:
+                print(f"[{name}] torch.compile {settings}: length_bucket={cfg.length_bucket} gives at most "
+                      f"{n_shapes} batch shapes")
+        if main and cfg.precision == "auto":
+            print(f"[{name}] precision auto: {resolve_precision('auto', device)} on {device}")
+        self.step_fn = step_fn
+
+    def finite(self, step, what, value):
+        if not math.isfinite(value):
+            raise TrainingDivergedError(_diverged_message(self.run.name, self.run.epoch, step, what, value, self.cfg))
+        return value
+
+    def record(self, step, loss_value):
+        self.run.history.train_loss.append((step, loss_value))
+        self.losses.append(loss_value)
+        self.on_step(step, loss_value)
+
+    def settle(self, step, loss_t, norm_t, wait):
+        """Read a step's loss and gradient norm, stop on NaN/inf; (step, loss) to record."""
+        wait()
+        loss_value = self.finite(step, "loss", loss_t.item())
+        if norm_t is not None:
+            self.finite(step, "gradient norm", norm_t.item())
+        return step, loss_value
+
+    def take(self, idx: torch.Tensor) -> None:
+        """One optimizer step on the global batch `idx` (example indices)."""
+        run, cfg, dist, device = self.run, self.cfg, self.dist, self.device
+        t0 = time.time()
+        shard = idx.tensor_split(dist.world_size)[dist.rank]     # this rank's part of the global batch
+        x, y = collate_batch([self.train_ds[int(i)] for i in shard], pad_id=self.pad_id,
+                             length_bucket=cfg.length_bucket, max_len=cfg.block_size)  # (b, T), (b, T)
+        n_tok = int((y != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU wait
+        if dist.enabled:                                            # global non-padding targets
+            n_tok = int(distributed.all_reduce_sum(torch.tensor(n_tok, device=device)).item())
+        if device.type == "cuda":  # from pinned memory the copy is queued, the CPU goes on
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        else:
+            x, y = x.to(device), y.to(device)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(run.global_step, run.total_steps, cfg)
+        run.global_step += 1
+        step = run.global_step
+
+        # Before the forward: under CUDA graphs the next replay reuses the memory that holds
+        # the previous step's gradients, so none may outlive their step.
+        run.optimizer.zero_grad(set_to_none=True)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: replay from the start
+        with autocast(device, cfg):
+            step_loss_sum = self.step_fn(x, y)
+        # DDP averages gradients over ranks: scaling by world/n_tok makes them the gradient of
+        # the global token-mean loss, exactly what one process with the whole batch computes.
+        loss = step_loss_sum * (dist.world_size / max(n_tok, 1))
+        loss_t = distributed.all_reduce_sum(step_loss_sum.detach().float().clone()) / max(n_tok, 1)
+        loss_value = None
+        if not self.late:  # stop before a NaN loss is backpropagated
+            loss_value = self.finite(step, "loss", loss_t.item())
+
+        loss.backward()
+        if self.step_callback is not None:
+            extra = self.step_callback(step, run.model, loss_value)
+            if isinstance(extra, dict):
+                run.history.extra.setdefault("callback", []).append({"step": step, **plain(extra)})
+        norm = None
+        if cfg.grad_clip and cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            if not self.late:
+                self.finite(step, "gradient norm", norm.item())
+        run.optimizer.step()
+        run.history.tokens_seen += n_tok
+        self.tokens += n_tok
+        done = (step, loss_value)
+        if self.late:
+            # This step is queued on the GPU. Queue copies of its loss and gradient norm behind
+            # it, then read the previous step's copies: that waits for the previous step only,
+            # so the GPU runs this one while Python prepares the next batch.
+            host, wait = _host_copies(device, loss_t, norm)
+            done = self.settle(*self.pending) if self.pending is not None else None
+            self.pending = (step, *host, wait)
+        self.time += time.time() - t0
+        if done is not None:
+            self.record(*done)
+
+    def end_epoch(self) -> None:
+        """Read a step still on the GPU; the epoch's mean loss, time and tokens into the run's history."""
+        run, history = self.run, self.run.history
+        if self.pending is not None:
             t0 = time.time()
-            shard = idx.tensor_split(dist.world_size)[dist.rank]     # this rank's part of the global batch
-            x, y = collate_batch([train_ds[int(i)] for i in shard], pad_id=pad_id,
-                                 length_bucket=cfg.length_bucket, max_len=cfg.block_size)  # (b, T), (b, T)
-            n_tok = int((y != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU wait
-            if dist.enabled:                                            # global non-padding targets
-                n_tok = int(distributed.all_reduce_sum(torch.tensor(n_tok, device=device)).item())
-            if device.type == "cuda":  # from pinned memory the copy is queued, the CPU goes on
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            else:
-                x, y = x.to(device), y.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, cfg)
-            global_step += 1
-
-            # Before the forward: under CUDA graphs the next replay reuses the memory that holds
-            # the previous step's gradients, so none may outlive their step.
-            optimizer.zero_grad(set_to_none=True)
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # a new training step: replay from the start
-            with autocast(device, cfg):
-                step_loss_sum = step_fn(x, y)
-            # DDP averages gradients over ranks: scaling by world/n_tok makes them the gradient of
-            # the global token-mean loss, exactly what one process with the whole batch computes.
-            loss = step_loss_sum * (dist.world_size / max(n_tok, 1))
-            loss_t = distributed.all_reduce_sum(step_loss_sum.detach().float().clone()) / max(n_tok, 1)
-            if not late:  # stop before a NaN loss is backpropagated
-                loss_value = finite(global_step, "loss", loss_t.item())
-
-            loss.backward()
-            if step_callback is not None:
-                extra = step_callback(global_step, model, loss_value)
-                if isinstance(extra, dict):
-                    history.extra.setdefault("callback", []).append({"step": global_step, **plain(extra)})
-            norm = None
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if not late:
-                    finite(global_step, "gradient norm", norm.item())
-            optimizer.step()
-            history.tokens_seen += n_tok
-            epoch_tokens += n_tok
-            if not late:
-                record(global_step, loss_value)
-            else:
-                # This step is queued on the GPU. Queue copies of its loss and gradient norm behind
-                # it, then read the previous step's copies: that waits for the previous step only,
-                # so the GPU runs this one while Python prepares the next batch.
-                host, wait = _host_copies(device, loss_t, norm)
-                if pending is not None:
-                    settle(*pending)
-                pending = (global_step, *host, wait)
-            epoch_time += time.time() - t0
-        if pending is not None:
-            t0 = time.time()
-            settle(*pending)
-            epoch_time += time.time() - t0
-        history.train_time += epoch_time
-        bar.close()
-        history.epoch_times.append((epoch, epoch_time, epoch_tokens))
-
-        msg = f"[{name}] epoch {epoch}/{cfg.epochs}: train loss {sum(epoch_losses) / len(epoch_losses):.4f}"
-        history.epoch_ends.append((epoch, global_step))
-        if has_test:
-            batch_losses = []
-            test = evaluate(model, test_ds, cfg, batch_losses)
-            history.test_loss.append((epoch, global_step, test))
-            history.test_batch_losses[epoch] = batch_losses
-            msg += f", test loss {test:.4f}"
-        if tokenizer is not None and main:
-            history.generations[epoch] = _generate_samples(model, tokenizer, cfg, epoch)
-        history.wall_time = time.time() - run_start
-        if main:
-            print(f"{msg} ({history.tokens_per_second:,.0f} tok/s)")
-            if epoch in history.generations:
-                print(f"[{name}] greedy: {history.generations[epoch]['greedy']!r}")
-            live.update(history, global_step, force=True)
-            if save:
-                # Checkpoint first: a crash between the two writes leaves logs behind the checkpoint
-                # (the next resume rewrites them), never logs of epochs the checkpoint lacks.
-                if checkpoint_every_epoch or epoch == cfg.epochs:
-                    save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, cfg, kind, history,
-                                    epoch=epoch, global_step=global_step, tokenizer=tokenizer, data=data)
-                history.save(run_dir)
-        distributed.barrier()
-
-    history.wall_time = time.time() - run_start
-    if main and save:
-        history.save(run_dir)
-    if key is not None:
-        model_cache.store(model, key, name, cfg, history, tokenizer, epoch=cfg.epochs, global_step=global_step)
-    return history
+            done = self.settle(*self.pending)
+            self.time += time.time() - t0
+            self.pending = None
+            self.record(*done)
+        history.train_time += self.time
+        history.epoch_times.append((run.epoch, self.time, self.tokens))
+        history.epoch_ends.append((run.epoch, run.global_step))
+        run.epoch_train_loss = sum(self.losses) / max(len(self.losses), 1)
+        self.losses, self.time, self.tokens = [], 0.0, 0
 
 
 def _diverged_message(name, epoch, step, what, value, cfg) -> str:

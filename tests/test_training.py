@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -499,3 +500,160 @@ def test_steps_per_epoch_is_what_train_takes(tmp_path, data):
         h = tr.train(make("lstm", cfg), cfg, train_ds, None, save=False)
         assert h.steps == 2 * tr.steps_per_epoch(len(train_ds), cfg)
     assert tr.steps_per_epoch(len(train_ds), tiny_cfg(tmp_path, max_steps_per_epoch=None)) == len(train_ds) // 8
+
+
+# ----------------------------------------------------------------------------------------------
+# What train() prints: one bar in a notebook, a line per epoch in a log; evaluation in big passes
+
+
+def count_bars(monkeypatch):
+    """Every progress bar train()'s reporters open, recorded."""
+    from picollm_helpers import reporters
+    bars, real = [], reporters.progress
+
+    def spy(*args, **kw):
+        bars.append(real(*args, **kw))
+        return bars[-1]
+    monkeypatch.setattr(reporters, "progress", spy)
+    return bars
+
+
+SUMMARY = (r"\[{name}\] 3 epochs, 9 steps in [\d.]+ s: train loss \d+\.\d{{4}}, test loss \d+\.\d{{4}}{subset}, "
+           r"[\d,]+ tok/s")
+
+
+def test_a_notebook_run_shows_one_bar_for_all_epochs_and_one_summary_line(tmp_path, data, tok, monkeypatch, capsys):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, epochs=3, max_steps_per_epoch=3)
+    bars = count_bars(monkeypatch)
+    h = tr.train(make("transformer", cfg), cfg, train_ds, test_ds, tok, name="nb", reporting="notebook")
+    out, err = capsys.readouterr()
+    assert len(bars) == 1 and bars[0].total == bars[0].n == 9        # one bar: epochs x steps
+    assert bars[0].postfix.startswith("epoch=3/3, loss=") and "test=" in bars[0].postfix
+    assert re.fullmatch(SUMMARY.format(name="nb", subset="") + "\n", out), out   # the only line on stdout
+    assert "greedy" not in out + err and "epoch 1/3" not in out + err
+    assert sorted(h.generations) == [1, 2, 3] and len(h.test_loss) == 3     # all of it is in the History
+
+
+def test_a_log_prints_a_line_per_epoch_and_never_a_bar(tmp_path, data, tok, monkeypatch, capsys):
+    from picollm_helpers.progress import reporting_mode
+
+    assert reporting_mode() == "log"            # pytest captures stdout: not a terminal
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, epochs=3, max_steps_per_epoch=3)
+    bars = count_bars(monkeypatch)
+    tr.train(make("transformer", cfg), cfg, train_ds, test_ds, tok, name="log")
+    out, err = capsys.readouterr()
+    assert bars == [] and "\r" not in out + err
+    lines = out.splitlines()
+    epochs = [line for line in lines if re.match(r"\[log\] epoch \d/3: train loss [\d.]+, test loss [\d.]+ \(", line)]
+    assert [line.split()[2] for line in epochs] == ["1/3:", "2/3:", "3/3:"]
+    assert sum(line.startswith("[log] greedy: '0 1 2 3") for line in lines) == 3
+    assert re.fullmatch(SUMMARY.format(name="log", subset=""), lines[-1]) and len(lines) == 7
+
+
+def test_a_terminal_gets_the_bar_and_the_epoch_lines(tmp_path, data, monkeypatch, capsys):
+    train_ds, test_ds = data
+    cfg = tiny_cfg(tmp_path, epochs=2, max_steps_per_epoch=3)
+    bars = count_bars(monkeypatch)
+    tr.train(make("lstm", cfg), cfg, train_ds, test_ds, name="term", reporting="terminal", save=False)
+    out = capsys.readouterr().out
+    assert len(bars) == 1 and bars[0].n == 6
+    assert "[term] epoch 1/2: train loss" in out and "[term] epoch 2/2: train loss" in out
+    with pytest.raises(ValueError, match="reporting='quiet' is not a reporting mode"):
+        tr.train(make("lstm", cfg), cfg, train_ds, test_ds, reporting="quiet")
+
+
+def old_evaluate(model, test_ds, cfg, batch_losses):
+    """evaluate() as it was: one cfg.batch_size batch per forward pass, under no_grad."""
+    from picollm_helpers.loss import loss_sum
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for start in range(0, len(test_ds), cfg.batch_size):
+            x, y = tr.collate_batch([test_ds[i] for i in range(start, min(start + cfg.batch_size, len(test_ds)))],
+                                    pad_id=test_ds.pad_id)
+            sums.append(loss_sum(model, x, y, cfg.loss_chunk_size).item())
+            counts.append(int((y != IGNORE_INDEX).sum()))
+    batch_losses.extend(s / max(c, 1) for s, c in zip(sums, counts))
+    return sum(sums) / max(sum(counts), 1)
+
+
+@pytest.mark.parametrize("kind, chunk", [("transformer", 7), ("transformer", 0), ("lstm", 0), ("kgram_mlp_seq", 5)])
+@pytest.mark.parametrize("memory", [None, "two batches"])
+def test_evaluate_in_big_passes_equals_the_batch_by_batch_loss(tmp_path, data, kind, chunk, memory, monkeypatch):
+    full, _ = data      # test examples of different lengths, so a pass pads more than a batch did
+    seqs = [full[i][:3 + (5 * i) % (BLOCK - 1)].tolist() for i in range(43)]
+    test_ds = token_dataset(seqs, full.pad_id)
+    cfg = tiny_cfg(tmp_path, batch_size=8, loss_chunk_size=chunk, pos_emb="learned")
+    model = make(kind, cfg, seed=3)
+    if memory:          # 43 examples, batches of 8: passes of 2, 2 and 2 batches, the last one partial
+        per_batch = tr.EVAL_MEMORY_BYTES // (tr.eval_batch_size(model, cfg) // cfg.batch_size)
+        monkeypatch.setattr(tr, "EVAL_MEMORY_BYTES", 2 * per_batch + 1)
+        assert tr.eval_batch_size(model, cfg) == 16
+    else:
+        assert tr.eval_batch_size(model, cfg) >= 48           # everything in one pass
+    old, new = [], []
+    reference = old_evaluate(model, test_ds, cfg, old)
+    assert tr.evaluate(model, test_ds, cfg, new) == pytest.approx(reference, rel=1e-6)
+    assert len(new) == len(old) == 6 and new == pytest.approx(old, rel=1e-5)
+    assert tr.evaluate(model, test_ds, cfg) == tr.evaluate(model, test_ds, cfg)   # deterministic
+
+
+def test_evaluate_runs_under_inference_mode_and_builds_no_graph(tmp_path, data, monkeypatch):
+    _, test_ds = data
+    cfg = tiny_cfg(tmp_path, loss_chunk_size=7)
+    model = make("transformer", cfg).train()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(("model", torch.is_inference_mode_enabled(),
+                                                                  out.requires_grad)))
+    fused = tr.fused_linear_ce
+
+    def spy(*args):
+        loss = fused(*args)
+        seen.append(("loss", torch.is_inference_mode_enabled(), loss.requires_grad))
+        return loss
+    monkeypatch.setattr(tr, "fused_linear_ce", spy)
+    tr.evaluate(model, test_ds, cfg)
+    assert seen and all(inference and not grad for _, inference, grad in seen), seen
+    assert {what for what, *_ in seen} == {"loss"}       # model.hidden, not forward: no (B, T, V) logits
+    assert model.training                                # put back as it was
+    h = tr.train(model, cfg, *data, save=False)          # and training after it still builds its graph
+    assert len(h.train_loss) == cfg.max_steps_per_epoch
+
+
+def test_eval_subset_tests_the_same_examples_each_epoch_and_the_whole_set_at_the_end(
+        tmp_path, data, tok, monkeypatch, capsys):
+    train_ds, test_ds = data                                  # 40 test examples
+    cfg = tiny_cfg(tmp_path, epochs=3, max_steps_per_epoch=3, eval_subset=12)
+    calls, real = [], tr.evaluate
+
+    def spy(model, ds, c, batch_losses=None, examples=None):
+        calls.append(examples)
+        return real(model, ds, c, batch_losses, examples=examples)
+    monkeypatch.setattr(tr, "evaluate", spy)
+    model = make("transformer", cfg)
+    h = tr.train(model, cfg, train_ds, test_ds, tok, name="sub")
+    assert calls[0] == calls[1] == sorted(set(calls[0])) and len(calls[0]) == 12 and calls[2] is None
+    assert calls[0] == tr.eval_subset_examples(40, cfg) != tr.eval_subset_examples(40, cfg.replace(seed=5))
+    assert h.test_subset == {1: 12, 2: 12}
+    assert [len(h.test_batch_losses[e]) for e in (1, 2, 3)] == [2, 2, 5]      # batches of 8
+    assert h.final_test_loss == real(model, test_ds, cfg)                    # the last epoch: the whole set
+    out = capsys.readouterr().out
+    assert "[sub] epoch 1/3: train loss" in out and "(on 12 of 40 test examples)" in out
+    assert out.count("(on 12 of 40 test examples)") == 2
+    assert re.search(SUMMARY.format(name="sub", subset=r" \(each epoch on 12 of 40 test examples, the full set "
+                                                         r"at the end\)"), out)
+    back = history.History.load(tmp_path / "out" / "sub")
+    assert back.test_subset == {1: 12, 2: 12}
+    assert history.History.from_dict(json.loads(json.dumps(h.to_dict()))).test_subset == h.test_subset
+    # a subset as large as the test set is the whole set
+    assert tr.eval_subset_examples(40, cfg.replace(eval_subset=40)) is None
+
+
+def test_eval_subset_is_validated_and_off_by_default():
+    from picollm_helpers.errors import ConfigError
+    assert RunConfig().eval_subset == 0 and "eval_subset" not in RunConfig().to_dict()   # cache keys unchanged
+    assert RunConfig(eval_subset=256).to_dict()["eval_subset"] == 256
+    with pytest.raises(ConfigError, match="eval_subset=-1 is invalid"):
+        RunConfig(eval_subset=-1)
