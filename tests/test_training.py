@@ -657,3 +657,32 @@ def test_eval_subset_is_validated_and_off_by_default():
     assert RunConfig(eval_subset=256).to_dict()["eval_subset"] == 256
     with pytest.raises(ConfigError, match="eval_subset=-1 is invalid"):
         RunConfig(eval_subset=-1)
+
+
+def test_a_saved_notebook_holds_one_finished_bar_line_and_the_summary(tmp_path):
+    """train() in a real kernel: what the saved cell keeps is the bar's final line and one summary line."""
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import torch\n"
+        "from picollm_helpers.batching import TokenDataset\n"
+        "from picollm_helpers.config import RunConfig\n"
+        "from picollm_helpers.models import build_model\n"
+        "from picollm_helpers.training import train\n"
+        "torch.set_num_threads(1)\n"
+        "def ds(n, shift):\n"
+        "    t = torch.tensor([(i + j + shift) % 20 for i in range(n) for j in range(9)], dtype=torch.int32)\n"
+        "    return TokenDataset(t, torch.arange(0, 9 * n, 9), torch.full((n,), 9), 'counting', 20)\n"
+        f"cfg = RunConfig(tinystories_weight=0.0, input_files=('x.txt',), block_size=8, embed_size=16, n_heads=2,\n"
+        f"                n_blocks=1, batch_size=8, epochs=3, max_steps_per_epoch=2, device_id='cpu',\n"
+        f"                profile='smoke', output_dir={str(tmp_path)!r})\n"
+        "torch.manual_seed(0)\n"
+        "h = train(build_model('lstm', cfg, vocab_size=21), cfg, ds(64, 0), ds(16, 3), name='nb')")]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    texts = [o.get("text") or o.get("data", {}).get("text/plain", "") for o in outputs]
+    assert len(outputs) == 2, texts
+    assert texts[0].startswith("nb: 100%") and "6/6" in texts[0] and "epoch=3/3" in texts[0], texts
+    assert re.fullmatch(r"\[nb\] 3 epochs, 6 steps in [\d.]+ s: train loss [\d.]+, test loss [\d.]+, [\d,]+ tok/s\n",
+                        texts[1]), texts
