@@ -36,8 +36,6 @@ from .history import History
 from .progress import in_notebook, progress
 from .sampling import generate
 
-EVENTS = ("on_start", "on_step", "on_epoch_end", "on_end")
-
 
 @dataclass
 class RunState:
