@@ -119,14 +119,16 @@ class Samples(Reporter):
 
 class ProgressBar(Reporter):
     """One bar for the whole run (epochs x steps); its postfix: the epoch, the last step's loss and
-    the last test loss. In a notebook its saved output is its final line (progress.py)."""
+    the last test loss. leave=False: the bar goes when the run ends (in a notebook, where the summary
+    line below it says all its final line would; a lesson that trains 30 models keeps 30 lines)."""
 
-    def __init__(self):
+    def __init__(self, leave: bool = True):
         self.bar = None
+        self.leave = leave
         self.postfix: dict[str, str] = {}
 
     def on_start(self, run):
-        self.bar = progress(total=run.total_steps, initial=run.global_step, desc=run.name)
+        self.bar = progress(total=run.total_steps, initial=run.global_step, desc=run.name, leave=self.leave)
         if run.history.test_loss:   # a resumed run: its last test loss so far
             self.postfix["test"] = f"{run.history.final_test_loss:.4f}"
 
@@ -271,7 +273,7 @@ def reporters_for(run: RunState, mode: str, *, live_plot: bool | int = False, ch
     write = _above_the_bar if mode == "terminal" else print
     out: list = [Samples()]
     if mode in ("notebook", "terminal"):
-        out.append(ProgressBar())
+        out.append(ProgressBar(leave=mode == "terminal"))
     if mode in ("terminal", "log"):
         out.append(EpochLog(write))
     if live_plot:
