@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PicoLLMError
+from .models.decode import decode_fn, decode_threads
 from .timing import phase
 from .tokenizer import check_tokenizer
 
@@ -142,11 +143,13 @@ def _last_logits(model, ids):
 @torch.inference_mode()  # no_grad, and no version counters either: less overhead per token
 @phase("generate")
 def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-             greedy=False, seed=None, use_cache=True, num_samples=1):
+             greedy=False, seed=None, use_cache=True, num_samples=1, fast=True):
     """Continue `prompt` (a str, or a list of token ids) by max_new_tokens tokens -> Generation.
 
     use_cache=True steps the model's incremental state; use_cache=False runs the whole (cropped)
     context again for every token (same tokens, slower). seed makes sampling reproducible.
+    fast=True steps a transformer's cache with models.decode's fast step (same tokens, fewer
+    operations); fast=False with its readable model.step, the one lesson 04 builds.
     A transformer sees the last block_size tokens; a longer prompt is cropped, with a note.
     tokenizer may be None when prompt is token ids: the result then has ids only (text is None).
     A tokenizer of another vocabulary than the model's (GPT-2's for a compact-vocabulary model) is
@@ -176,11 +179,15 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
     gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
+    threads = torch.get_num_threads()
+    if use_cache and (one := decode_threads(model, num_samples, fast)):
+        torch.set_num_threads(one)  # see models.decode.decode_threads
     try:
         new = []
         if max_new_tokens > 0:
             if use_cache:
-                logits, state = model.step(idx, model.init_state(num_samples))  # prompt in one go
+                step, state = decode_fn(model, num_samples, fast=fast)
+                logits, state = step(idx, state)  # prompt in one go
             else:
                 logits = _last_logits(model, idx)
             for i in range(max_new_tokens):
@@ -190,11 +197,12 @@ def generate(model, tokenizer, prompt, max_new_tokens, *, temperature=1.0, top_k
                 if i == max_new_tokens - 1:
                     break
                 if use_cache:
-                    logits, state = model.step(nxt, state)
+                    logits, state = step(nxt, state)
                 else:
                     logits = _last_logits(model, torch.cat([idx] + new, dim=1))
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
 
     new_ids = torch.cat(new, dim=1).tolist() if new else [[] for _ in range(num_samples)]
     ids = [prompt_ids + n for n in new_ids]

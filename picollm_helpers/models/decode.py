@@ -13,7 +13,9 @@ half as many, larger operations, from weights prepared once per generation:
 - RMSNorm is one fused call (F.rms_norm: the same definition, eps = the dtype's eps);
 - position embeddings and rope's angles are looked up in tables computed once, with the same
   functions the readable path calls (so the same values);
-- the new key and value are written into the preallocated cache with one copy each.
+- the new key and value are written into the preallocated cache with one copy each;
+- on a CPU it runs on one thread (see decode_fn: syncing a thread pool per small operation costs
+  more than a second core gains).
 
 Anything this step does not cover goes through the readable `model.step` unchanged: the prompt
 (several tokens at once), a full window (block_size positions: the readable step slides it), and a
@@ -65,7 +67,7 @@ class FastState(KVCache):
             self.pos_table = sinusoidal_embedding(pos, model.embed_size).to(dtype)
         self.rope = rope_cos_sin(pos, model.head_dim, dtype) if model.pos_emb == "rope" else None
         self.wte = w(model.wte.weight)
-        self.blocks_threads = None  # run the blocks on this many threads (None: the caller's)
+        self.threads = None         # run the fast step on this many threads (None: the caller's)
         self.compiled = None        # a compiled static_step_one, or None: the eager fast step
 
 
@@ -92,17 +94,17 @@ def fast_step_one(model: TransformerModel, idx, state: FastState):
     end = pos + 1
     post = model.use_post_norm
     threads = torch.get_num_threads()
-    if state.blocks_threads and state.blocks_threads < threads:
-        torch.set_num_threads(state.blocks_threads)
+    if state.threads and state.threads < threads:
+        torch.set_num_threads(state.threads)
     try:
         x = _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end)
+        state.advance(1)
+        state.tokens = torch.cat([state.tokens, idx], dim=1)
+        if state.norm_f is not None:
+            x = F.rms_norm(x, (E,), state.norm_f, eps)
+        return x @ state.head_t  # (B, V)
     finally:
         torch.set_num_threads(threads)
-    state.advance(1)
-    state.tokens = torch.cat([state.tokens, idx], dim=1)
-    if state.norm_f is not None:
-        x = F.rms_norm(x, (E,), state.norm_f, eps)
-    return x @ state.head_t  # (B, V)
 
 
 def _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end):
@@ -140,6 +142,20 @@ def fast_step(model: TransformerModel, idx, state: FastState):
     return model.step(idx, state)
 
 
+ONE_THREAD_BATCH = 8  # up to this many sequences, a token's operations are too small to share out
+
+
+def decode_threads(model, batch_size, fast=True):
+    """The thread count generate() runs its token loop at: 1 for a transformer's fast step on a CPU
+    at batch <= ONE_THREAD_BATCH (argmax, top-p and the step alike: each operation is small, and
+    syncing a thread pool around it costs more than a second core gains; on a busy 2-core machine,
+    2 threads made a token 3-15x slower), else None (the caller's)."""
+    if fast and isinstance(model, TransformerModel) and model.wte.weight.device.type == "cpu" \
+            and batch_size <= ONE_THREAD_BATCH and not _hooked(model):
+        return 1
+    return None
+
+
 _COMPILED = {}  # one compiled static step per process: torch.compile caches its graphs per shape
 
 
@@ -160,9 +176,9 @@ def decode_fn(model, batch_size, fast=True, compile=False):
 
     fast=True and a TransformerModel without hooks: the fast step on a FastState. Otherwise
     (another model, a hook on some hook point, or fast=False): the model's own readable step and state.
-    On a CPU the fast step runs the blocks' small operations on one thread (a fork and join of the
-    thread pool per operation costs more than a second thread gains there, and far more when other
-    processes share the cores) and the output layer, one large product, on the caller's threads.
+    On a CPU at batch <= ONE_THREAD_BATCH the fast step runs on one thread (decode_threads says why;
+    one core read memory about as fast as two on the machines measured, and reading the weights is
+    what a token costs); generate() runs its whole token loop so.
     compile=True (only when asked: compiling takes a minute on two cores, see the module's note)
     runs the one-token step under torch.compile, falling back to the eager fast step with one note
     if compiling fails."""
@@ -170,8 +186,7 @@ def decode_fn(model, batch_size, fast=True, compile=False):
         return model.step, model.init_state(batch_size)
     w = model.wte.weight
     state = FastState(model, batch_size, w.device, w.dtype)
-    if w.device.type == "cpu":
-        state.blocks_threads = 1
+    state.threads = decode_threads(model, batch_size)
     if compile:
         state.compiled = _compiled_static_step()
 
