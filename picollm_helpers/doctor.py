@@ -9,6 +9,8 @@ data are there without a network, and whether widgets will render (ipywidgets, a
 widget extension at a matching version). Each item is `ok`, `--` (works, with a caveat) or `!!`
 (missing: the line says how to fix it). Nothing here downloads anything; the one network call is
 the kit's hub probe (data.hub_offline_reason: a few seconds at most, skipped with HF_HUB_OFFLINE=1).
+The last item, speed, shows what `python -m picollm_helpers.bench quick` last measured on this
+machine: how fast it trains and generates, and how many minutes each lesson should take here.
 
 Only the standard library is imported at the top, so the doctor runs, and says what is missing,
 in a Python where the kit's packages are not installed at all.
@@ -420,8 +422,33 @@ def _kit_kernel() -> Path | None:
         return None
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
+
+
+def check_speed() -> Check:
+    """What `python -m picollm_helpers.bench quick` last measured here (it saves <cache>/bench_quick.json):
+    the laptop step's rate, the decode verdict, and each lesson's predicted laptop-profile minutes."""
+    path = cache_dir() / "bench_quick.json"
+    how = "`python -m picollm_helpers.bench quick` (about a minute)"
+    if not path.is_file():
+        return Check("speed", None, "not measured on this machine yet: how long each lesson will take here is "
+                                    "unknown", f"{how} predicts it")
+    try:
+        q = json.loads(path.read_text(encoding="utf-8"))
+        pred = q.get("predicted_s") or {}
+        lessons = ", ".join(f"{name[:2]} {_minutes(s)}" for name, s in pred.items())
+        detail = (f"bench quick ({q['measured_at']}, load {q['load_average']:.1f}): laptop step "
+                  f"{q['laptop_step_tokens_per_s']:,.0f} tok/s (MFU {q['laptop_step_mfu']:.0%}); decode "
+                  f"{'MET' if q['decode_met'] else 'MISSED'} {q['decode_ratio']:.2f}x the weight-read time; "
+                  f"predicted lesson minutes here: {lessons}; all {_minutes(sum(pred.values()))}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return Check("speed", None, f"{path} is unreadable ({type(e).__name__})", f"{how} writes it again")
+    return Check("speed", True, detail)
+
+
 CHECKS = (check_python, check_torch, check_kit, check_packages, check_threads, check_memory, check_device,
-          check_tokenizer, check_3seqs, check_tinystories, check_wiki, check_widgets)
+          check_tokenizer, check_3seqs, check_tinystories, check_wiki, check_widgets, check_speed)
 
 
 def _pins() -> dict[str, str]:

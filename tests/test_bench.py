@@ -1,5 +1,7 @@
 """The benchmark's arithmetic (FLOP counts, MFU) and measuring tools; no timing assertions."""
 
+import json
+
 import pytest
 import torch
 
@@ -118,3 +120,48 @@ def test_steady_rate_leaves_the_first_epoch_out():
     h = History(epoch_times=[(1, 5.0, 1000), (2, 1.0, 1000), (3, 1.0, 1000)])
     rate, warmup = _steady(h)
     assert rate == 1000 and warmup == 4.0  # the first epoch took 4 s longer than its tokens needed
+
+
+def test_quick_predicts_each_lessons_minutes_from_its_record_and_the_step_ratio(tmp_path):
+    from picollm_helpers.bench import quick
+    for name, profile, wall, plot in [("04_transformer", "laptop", 200.0, 1.0),
+                                      ("05_overfitting", "laptop", 100.0, 0.0),
+                                      ("06_positional_embeddings", "smoke", 9.0, 0.0)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"profile": profile, "wall_time_s": wall,
+                                                            "time_s": {"train": wall - plot, "plot": plot}}))
+    (tmp_path / "07_interpretability.json").write_text("{not json")
+    records = quick.lesson_records(tmp_path)
+    assert records == {"04_transformer": (200.0, 1.0), "05_overfitting": (100.0, 0.0)}  # laptop only, readable only
+    pred = quick.predict_minutes(500.0, records, reference_rate=1000.0)  # this machine steps at half the rate
+    assert pred == {"04_transformer": 199.0 * 2 + 1.0, "05_overfitting": 200.0}
+    assert quick.predict_minutes(1000.0, records, reference_rate=1000.0)["04_transformer"] == 200.0
+    assert quick.format_duration(59.4) == "59 s" and quick.format_duration(125) == "2 min 05 s"
+
+
+def test_quick_result_is_what_make_doctor_shows(tmp_path, monkeypatch):
+    from picollm_helpers import doctor
+    from picollm_helpers.bench import quick
+    monkeypatch.setenv("PICOLLM_CACHE", str(tmp_path))
+    missing = doctor.check_speed()
+    assert missing.status is None and "bench quick" in missing.fix
+    quick.save_quick({"machine": "m", "load_average": 0.5, "laptop_step_tokens_per_s": 12345.0, "laptop_step_mfu": 0.2,
+                      "decode_ratio": 1.1, "decode_met": True, "decode_identical": True,
+                      "predicted_s": {"04_transformer": 300.0, "05_overfitting": 45.0}})
+    got = doctor.check_speed()
+    assert got.status is True
+    for part in ("12,345 tok/s", "MET 1.10x", "04 5 min", "05 45 s", "all 6 min", "load 0.5"):
+        assert part in got.detail
+    (tmp_path / quick.RESULT_FILE).write_text("{}")
+    assert doctor.check_speed().status is None  # an incomplete file is reported, not raised
+
+
+def test_quick_names_the_cpu_capability_and_its_limits(monkeypatch):
+    from picollm_helpers.bench import quick
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    cap = quick.cpu_capability()
+    assert cap.startswith(torch.backends.cpu.get_cpu_capability()) and "ATEN_CPU_CAPABILITY=avx2" in cap
+    assert quick.cpu_name()
+
+
+def test_quick_is_a_case_of_its_own():
+    assert "quick" in bench.CASES and bench.CASES["quick"] is bench.bench_quick

@@ -13,7 +13,7 @@ from picollm_helpers import doctor
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = ["Python", "torch", "kit", "packages", "threads", "memory", "device", "tokenizer", "3seqs", "TinyStories",
-         "WikiText", "widgets"]
+         "WikiText", "widgets", "speed"]
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""Speed measurements that print ratios: `python -m picollm_helpers.bench [speed|full|train|models|data|all]`.
+"""Speed measurements that print ratios: `python -m picollm_helpers.bench [quick|speed|full|train|models|data|all]`.
+
+quick   about a minute: the machine (CPU, torch's CPU capability, threads), the laptop profile's
+        training step and its MFU, greedy generation at batch 1 against the weight-read time (MET or
+        MISSED against 1.3x), and each lesson's predicted laptop-profile minutes on this machine
+        (saved for `make doctor`). See bench/quick.py.
 
 speed   the machine's own limits first (matmul peak of each precision, memory read bandwidth), then
         each model's training step as tokens/s, achieved FLOP/s, MFU (model FLOP/s over the
@@ -32,11 +37,12 @@ import argparse
 import time
 
 from .compare import bench_models
+from .quick import bench_quick
 from .speed import bench_full, bench_speed, print_targets
 from .tokenizing import bench_data
 from .training import bench_train
 
-CASES = {"speed": bench_speed, "full": bench_full, "train": bench_train, "models": bench_models,
+CASES = {"quick": bench_quick, "speed": bench_speed, "full": bench_full, "train": bench_train, "models": bench_models,
          "data": bench_data}
 COMPILING = ("speed", "full", "train")   # the cases that take --no-compile
 
@@ -51,7 +57,7 @@ def main(argv=None):
     results = {}
     t_all = time.perf_counter()
     for name, case in CASES.items():
-        if args.case == name or (args.case == "all" and name != "full"):  # `speed` runs `full`
+        if args.case == name or (args.case == "all" and name not in ("full", "quick")):  # `speed` runs `full`
             print(f"== {name}")
             t0 = time.perf_counter()
             out = case(results, compile=args.compile) if name in COMPILING else case(results)
