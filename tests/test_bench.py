@@ -136,6 +136,7 @@ def test_quick_predicts_each_lessons_minutes_from_its_record_and_the_step_ratio(
     assert pred == {"04_transformer": 199.0 * 2 + 1.0, "05_overfitting": 200.0}
     assert quick.predict_minutes(1000.0, records, reference_rate=1000.0)["04_transformer"] == 200.0
     assert quick.format_duration(59.4) == "59 s" and quick.format_duration(125) == "2 min 05 s"
+    assert quick.format_duration(2039.6) == "34 min 00 s"   # not "33 min 60 s"
 
 
 def test_quick_result_is_what_make_doctor_shows(tmp_path, monkeypatch):

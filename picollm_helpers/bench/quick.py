@@ -39,15 +39,12 @@ from .steps import kit_step_fn, measure_steps
 DECODE_TARGET = 1.3   # greedy tokens at batch 1: time per token / time to read the weights once
 LAPTOP_CHUNK = 512    # PROFILE_DEFAULTS["laptop"]["loss_chunk_size"]
 
-# The machine the committed lessons ran on, and its laptop-profile step rate. It was not measured by
-# this case there; it is derived from what that run recorded: lesson 04 trains the laptop profile's
-# transformer (E=128, L=4, H=4, T=128, B=16, compact vocabulary, loss chunk 512, fp32) on synthetic
-# stories with train(), whose epochs printed 22,483-23,025 non-padding tok/s (median 22,900); on that
-# machine `bench train` measured train() at 1.04x the benchmark's step row at that shape (README).
-# So the step row there: 22,900 / 1.04 = 22,000 tok/s. Running `bench quick` on that machine
-# measures it directly: replace the number with the one it prints.
-REFERENCE = {"machine": "the kit's test CPU: 2-core Intel Xeon with AMX (torch capability AMX), 2 threads",
-             "laptop_step_tokens_per_s": 22_000.0}
+# The machine the committed lessons ran on, and its laptop-profile step rate, measured there by
+# `bench quick` on the idle machine just before the sequential `make run` that wrote results/. When
+# the lessons are re-executed on another machine, run `bench quick` there first and put its
+# "training: laptop step" rate and machine line here.
+REFERENCE = {"machine": "the kit's test CPU: 2-core AMD EPYC (torch capability AVX512), 2 threads",
+             "laptop_step_tokens_per_s": 15_751.0}
 RESULT_FILE = "bench_quick.json"
 
 
@@ -72,7 +69,7 @@ def cpu_capability() -> str:
     return cap + (f" (limited by {', '.join(limits)})" if limits else "")
 
 
-def bench_laptop_step(results, repeat=5):
+def bench_laptop_step(results, repeat=15):
     """The laptop profile's training step: tokens/s and MFU against the fp32 peak timed alongside."""
     device = torch.device("cpu")
     V = results.get("compact_vocab") or compact_vocab_size(2000)
@@ -143,7 +140,8 @@ def predict_minutes(step_tokens_per_s, records, reference_rate=None) -> dict:
 
 
 def format_duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    seconds = round(seconds)   # 59.6 s reads "1 min 00 s", not "0 min 60 s"
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
 def bench_quick(results, save=True):
