@@ -1,6 +1,7 @@
 """Fixtures several test files share."""
 
 import pytest
+from test_cli import course_dir, offline_env
 
 from picollm_helpers import data
 from picollm_helpers.progress import forget_notes
@@ -28,3 +29,14 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("PICOLLM_WIKI", raising=False)
     monkeypatch.setattr(data, "_hub_probe", None)
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A course folder with a small 3seqs.txt, an offline environment, and the arguments of a one-model
+    LSTM run into out/ (smoke profile, 2 steps an epoch): (folder, env, argv)."""
+    work = course_dir(tmp_path, n_lines=400)
+    env = offline_env(tmp_path)
+    argv = ["--tinystories_weight", "0.0", "--input_files", "data/3seqs.txt", "--block_size", "16",
+            "--max_steps_per_epoch", "2", "--models", "lstm", "--output_dir", "out"]
+    return work, env, argv

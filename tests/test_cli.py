@@ -211,16 +211,6 @@ def run_cli(argv, work, env, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.fixture
-def course(tmp_path):
-    """A course folder with a small 3seqs.txt and a finished one-model run in out/lstm."""
-    work = course_dir(tmp_path, n_lines=400)
-    env = offline_env(tmp_path)
-    argv = ["--tinystories_weight", "0.0", "--input_files", "data/3seqs.txt", "--block_size", "16",
-            "--max_steps_per_epoch", "2", "--models", "lstm", "--output_dir", "out"]
-    return work, env, argv
-
-
 def test_user_mistakes_print_one_message_and_exit_1(course, capsys):
     work, env, argv = course
     code, out, err = run_cli(argv + ["--resume"], work, env, capsys)

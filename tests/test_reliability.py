@@ -13,7 +13,7 @@ import shutil
 import pytest
 import test_training as base
 import torch
-from test_cli import course_dir, offline_env, run_cli
+from test_cli import run_cli
 from test_training import make, tiny_cfg
 
 from picollm_helpers import checkpoint, files, model_cache
@@ -44,26 +44,16 @@ def snapshot(folder) -> dict:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
-@pytest.fixture
-def run(tmp_path):
-    """A course folder with a finished 2-epoch LSTM run in out/ (smoke profile, 2 steps an epoch)."""
-    work = course_dir(tmp_path, n_lines=400)
-    env = offline_env(tmp_path)
-    argv = ["--tinystories_weight", "0.0", "--input_files", "data/3seqs.txt", "--block_size", "16",
-            "--max_steps_per_epoch", "2", "--models", "lstm", "--output_dir", "out"]
-    return work, env, argv
-
-
-def finished(run, capsys):
-    work, env, argv = run
+def finished(course, capsys):
+    work, env, argv = course
     code, _, err = run_cli(argv, work, env, capsys)
     assert code == 0, err
     return work / "out"
 
 
-def refused(run, capsys, extra, message, code=1):
+def refused(course, capsys, extra, message, code=1):
     """Run with `extra` flags: it exits with `code`, says `message`, prints no traceback, changes nothing."""
-    work, env, argv = run
+    work, env, argv = course
     before = snapshot(work / "out")
     try:
         got, out, err = run_cli(argv + extra, work, env, capsys)
@@ -79,27 +69,27 @@ def refused(run, capsys, extra, message, code=1):
 # ----- 1. a re-run does not overwrite finished training
 
 
-def test_a_rerun_without_resume_is_refused_and_overwrite_replaces(run, capsys):
-    out = finished(run, capsys)
-    err = refused(run, capsys, ["--epochs", "1"], "--output_dir out already holds a run")
+def test_a_rerun_without_resume_is_refused_and_overwrite_replaces(course, capsys):
+    out = finished(course, capsys)
+    err = refused(course, capsys, ["--epochs", "1"], "--output_dir out already holds a run")
     assert "out/lstm/checkpoint.pt (lstm, epoch 2 of 2)" in err
     assert "--resume" in err and "--overwrite" in err and "another --output_dir" in err
-    refused(run, capsys, ["--resume", "--overwrite"], "give one of them", code=2)
-    work, env, argv = run
+    refused(course, capsys, ["--resume", "--overwrite"], "give one of them", code=2)
+    work, env, argv = course
     code, _, err = run_cli(argv + ["--epochs", "1", "--overwrite"], work, env, capsys)
     assert code == 0, err
     assert torch.load(out / "lstm" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
-def test_resuming_with_fewer_epochs_than_the_checkpoint_says_so(run, capsys):
-    finished(run, capsys)
-    err = refused(run, capsys, ["--resume", "--epochs", "1"], "has 2 epochs trained, and --epochs 1 asks for fewer")
+def test_resuming_with_fewer_epochs_than_the_checkpoint_says_so(course, capsys):
+    finished(course, capsys)
+    err = refused(course, capsys, ["--resume", "--epochs", "1"], "has 2 epochs trained, and --epochs 1 asks for fewer")
     assert "--epochs 2 or more" in err
 
 
-def test_a_forced_resume_records_both_seeds(run, capsys):
-    out = finished(run, capsys)
-    work, env, argv = run
+def test_a_forced_resume_records_both_seeds(course, capsys):
+    out = finished(course, capsys)
+    work, env, argv = course
     code, _, err = run_cli(argv + ["--resume", "--epochs", "3", "--seed", "5", "--force"], work, env, capsys)
     assert code == 0, err
     for extra in (json.loads((out / "lstm" / "loss_logs.json").read_text())["extra"],
@@ -111,23 +101,23 @@ def test_a_forced_resume_records_both_seeds(run, capsys):
 # ----- 6. output folders are checked before training
 
 
-def test_output_folders_that_cannot_take_the_run_are_refused_before_training(run, capsys, monkeypatch):
-    work, env, argv = run
+def test_output_folders_that_cannot_take_the_run_are_refused_before_training(course, capsys, monkeypatch):
+    work, env, argv = course
     (work / "afile").write_text("not a folder")
-    err = refused(run, capsys, ["--output_dir", "afile"], "--output_dir afile: afile is a file, not a folder")
-    refused(run, capsys, ["--output_dir", "afile/sub"], "afile is a file, not a folder")
+    err = refused(course, capsys, ["--output_dir", "afile"], "--output_dir afile: afile is a file, not a folder")
+    refused(course, capsys, ["--output_dir", "afile/sub"], "afile is a file, not a folder")
     (work / "out" / "lstm" / "checkpoint.pt").mkdir(parents=True)
-    err = refused(run, capsys, [], "out/lstm/checkpoint.pt is a folder, where the run writes its checkpoint.pt")
+    err = refused(course, capsys, [], "out/lstm/checkpoint.pt is a folder, where the run writes its checkpoint.pt")
     shutil.rmtree(work / "out")
     (work / "ro").mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).endswith("ro") else real_access(p, mode))
-    err = refused(run, capsys, ["--output_dir", "ro"], "the folder ro is not writable")
+    err = refused(course, capsys, ["--output_dir", "ro"], "the folder ro is not writable")
     assert ".tmp" not in err
 
 
-def test_output_dir_dot_keeps_the_comparison_plot_out_of_the_kits_figures(run, capsys):
-    work, env, argv = run
+def test_output_dir_dot_keeps_the_comparison_plot_out_of_the_kits_figures(course, capsys):
+    work, env, argv = course
     argv = [a for a in argv if a not in ("--models", "lstm", "--output_dir", "out")]
     code, _, err = run_cli(argv + ["--models", "lstm", "kgram_mlp_seq", "--epochs", "1", "--output_dir", "."],
                            work, env, capsys)
@@ -139,8 +129,8 @@ def test_output_dir_dot_keeps_the_comparison_plot_out_of_the_kits_figures(run, c
 # ----- 7. the remaining tracebacks become messages
 
 
-def test_ctrl_c_says_which_checkpoint_is_kept_and_resume_continues(run, capsys, monkeypatch):
-    work, env, argv = run
+def test_ctrl_c_says_which_checkpoint_is_kept_and_resume_continues(course, capsys, monkeypatch):
+    work, env, argv = course
     real_train = tr.train
 
     def interrupted(*args, **kw):
@@ -159,28 +149,28 @@ def test_ctrl_c_says_which_checkpoint_is_kept_and_resume_continues(run, capsys, 
     assert code == 0 and "resumed from out/lstm/checkpoint.pt after epoch 1" in out, err
 
 
-def test_a_full_disk_keeps_the_checkpoint_and_says_the_disk_is_full(run, capsys, monkeypatch):
-    finished(run, capsys)
+def test_a_full_disk_keeps_the_checkpoint_and_says_the_disk_is_full(course, capsys, monkeypatch):
+    finished(course, capsys)
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files.os, "fsync", no_space)
-    err = refused(run, capsys, ["--resume", "--epochs", "3"], "the disk is full")
+    err = refused(course, capsys, ["--resume", "--epochs", "3"], "the disk is full")
     assert "is kept as it was" in err
 
 
-def test_a_seed_beyond_32_bits_is_refused_by_name(run, capsys):
-    refused(run, capsys, ["--seed", str(2**64)], "seed=18446744073709551616 is invalid", code=2)
+def test_a_seed_beyond_32_bits_is_refused_by_name(course, capsys):
+    refused(course, capsys, ["--seed", str(2**64)], "seed=18446744073709551616 is invalid", code=2)
 
 
-def test_a_model_too_large_for_the_memory_names_its_size_and_settings(run, capsys):
-    err = refused(run, capsys, ["--embed_size", "1000000"], "the model is too large for this machine")
+def test_a_model_too_large_for_the_memory_names_its_size_and_settings(course, capsys):
+    err = refused(course, capsys, ["--embed_size", "1000000"], "the model is too large for this machine")
     assert "--embed_size 1000000" in err and "GiB" in err and "parameters" in err
 
 
-def test_picollm_cache_pointing_at_a_file_names_the_variable(run, capsys, tmp_path):
-    work, env, argv = run
+def test_picollm_cache_pointing_at_a_file_names_the_variable(course, capsys, tmp_path):
+    work, env, argv = course
     (tmp_path / "cachefile").write_text("x")
     before = snapshot(work / "out")
     code, out, err = run_cli(argv, work, {**env, "PICOLLM_CACHE": str(tmp_path / "cachefile")}, capsys)
@@ -191,10 +181,10 @@ def test_picollm_cache_pointing_at_a_file_names_the_variable(run, capsys, tmp_pa
 # ----- 8. a damaged top-level loss_logs.json is kept before it is rewritten
 
 
-def test_a_damaged_pico_llm_loss_log_is_kept_as_a_backup(run, capsys):
-    out = finished(run, capsys)
+def test_a_damaged_pico_llm_loss_log_is_kept_as_a_backup(course, capsys):
+    out = finished(course, capsys)
     (out / "loss_logs.json").write_text('{"lstm": {"train": [[1.0, ')
-    work, env, argv = run
+    work, env, argv = course
     code, stdout, err = run_cli(argv + ["--overwrite"], work, env, capsys)
     assert code == 0, err
     assert (out / "loss_logs.json.damaged").read_text() == '{"lstm": {"train": [[1.0, '
