@@ -30,17 +30,10 @@ from .config import RunConfig
 from .errors import CheckpointError, DigestError, MissingFileError, PicoLLMError
 from .files import atomic_write
 from .history import History, plain
-from .models import build_model, model_kind
+from .models import build_model, model_kind, vocab_size_of
 from .tokenizer import CompactTokenizer, get_tokenizer, vocab_name
 
 CHECKPOINT_FORMAT = "picollm.checkpoint/1"
-
-
-def vocab_size_of(model: nn.Module) -> int | None:
-    v = getattr(model, "vocab_size", None)
-    if v is None and isinstance(getattr(model, "lm_head", None), nn.Linear):
-        v = model.lm_head.out_features
-    return None if v is None else int(v)
 
 
 def rng_state() -> dict:

@@ -29,6 +29,7 @@ import torch
 from .config import cache_dir
 from .errors import TokenizerError, VocabularyError
 from .files import write_bytes
+from .models import vocab_size_of
 from .net import https_unreachable_reason
 from .progress import note
 
@@ -215,13 +216,6 @@ def vocab_name(tokenizer) -> str | None:
     return f"{name}/{n}" if n is not None else name
 
 
-def _model_vocab_size(model) -> int | None:
-    v = getattr(model, "vocab_size", None)
-    if v is None and isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
-        v = model.lm_head.out_features
-    return None if v is None else int(v)
-
-
 def check_tokenizer(model, tokenizer, who: str = "generate") -> None:
     """Refuse a tokenizer whose ids are not the ones the model was trained on (VocabularyError).
 
@@ -233,7 +227,7 @@ def check_tokenizer(model, tokenizer, who: str = "generate") -> None:
     if tokenizer is None or model is None:
         return
     mine, n = vocab_name(tokenizer), getattr(tokenizer, "n_vocab", None)
-    theirs, size = getattr(model, "vocab_name", None), _model_vocab_size(model)
+    theirs, size = getattr(model, "vocab_name", None), vocab_size_of(model)
     if theirs is not None:
         if theirs == mine:
             return

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 
 from . import distributed, model_cache, resume
 from .batching import collate_batch
-from .checkpoint import config_dict, read_checkpoint, save_checkpoint, set_rng_state, vocab_size_of
+from .checkpoint import config_dict, read_checkpoint, save_checkpoint, set_rng_state
 from .config import IGNORE_INDEX, resolve_device, resolve_precision
 from .errors import CheckpointError, PicoLLMError, TrainingDivergedError
 from .history import History, plain
 from .loss import LossModule, fused_linear_ce, loss_sum
-from .models import model_kind
+from .models import model_kind, vocab_size_of
 from .progress import reporting_mode
 from .reporters import RunState, emit, reporters_for
 from .timing import phase

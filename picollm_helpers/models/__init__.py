@@ -5,6 +5,8 @@ Every model maps (B, T) int64 ids to (B, T, V) logits, exposes `hidden(idx)` (B,
 generation: `state = model.init_state(B)`, `logits, state = model.step(new_ids, state)`.
 """
 
+import torch.nn as nn
+
 from .kgram import KGramMLPSeqModel, kgram_forward_loop
 from .lstm import LSTMSeqModel
 from .transformer import RMSNorm, TransformerModel
@@ -16,6 +18,14 @@ KINDS = tuple(MODELS)
 
 __all__ = ["LSTMSeqModel", "KGramMLPSeqModel", "TransformerModel", "RMSNorm", "build_model",
            "model_kind", "param_count_formula", "kgram_forward_loop", "MODELS", "KINDS"]
+
+
+def vocab_size_of(model) -> int | None:
+    """How many token ids a model outputs: its vocab_size, else its lm_head's rows, else None."""
+    v = getattr(model, "vocab_size", None)
+    if v is None and isinstance(getattr(model, "lm_head", None), nn.Linear):
+        v = model.lm_head.out_features
+    return None if v is None else int(v)
 
 
 def _model_kwargs(kind, cfg):
