@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 
 import torch
 
 from ..config import cache_dir
 from ..files import write_text
-from ..results import results_dir
+from ..results import cpu_info, results_dir
 from ..sampling import generate
 from ..timing import flop_params, read_bandwidth_fn, timeit_rounds, train_flops_per_token
 from .speed import GPT, LAPTOP, _gpt, _peak_fns, _tokens, compact_vocab_size
@@ -49,24 +48,16 @@ RESULT_FILE = "bench_quick.json"
 
 
 def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-        if name:
-            return name
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, as results files record it (results.cpu_info)."""
+    return cpu_info()["model"]
 
 
 def cpu_capability() -> str:
     """torch's CPU capability (the widest vector instructions its kernels use: AVX512, AVX2, ...),
-    with the limits set in the environment that lower it."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                                               "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)]
-    return cap + (f" (limited by {', '.join(limits)})" if limits else "")
+    with the limits set in the environment that lower it (results.cpu_info)."""
+    cpu = cpu_info()
+    limits = [f"{k}={v}" for k, v in cpu["limits"].items()]
+    return (cpu["capability"] or "unknown") + (f" (limited by {', '.join(limits)})" if limits else "")
 
 
 def bench_laptop_step(results, repeat=15):

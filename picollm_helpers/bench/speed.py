@@ -5,7 +5,6 @@ ratios against the targets."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from ..config import PROFILE_DEFAULTS
 from ..loss import lm_loss
 from ..models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel
+from ..results import cpu_info
 from ..sampling import generate
 from ..stories import generate_stories
 from ..timing import (
@@ -69,13 +69,7 @@ def bench_machine(results):
     """Header: the machine, its load, and its measured limits."""
     device = _device(results)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info()["model"]
     print(f"device {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     peaks = measure_peaks(device)
