@@ -62,13 +62,19 @@ def config_dict(cfg) -> dict:
     return plain(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
 
 
+def update_with_tensor(h, t: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes into hash h (the model cache's keys use it too)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():   # flattened first: a 0-dim tensor (an optimizer's step) has no byte view of its own
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def _digest_update(h, obj) -> None:
     """Feed obj (tensors, dicts, lists and plain values, as a checkpoint holds) into hash h."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous().reshape(-1)
-        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy())
+        h.update(b"T")
+        update_with_tensor(h, obj)
     elif isinstance(obj, dict):
         h.update(b"{")
         for k in sorted(obj, key=str):

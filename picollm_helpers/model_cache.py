@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint, save_checkpoint, update_with_tensor
 from .config import cache_dir
 from .errors import DigestError
 from .history import History
@@ -33,23 +33,17 @@ from .progress import note
 KEY_VERSION = 1  # bump when what goes into the key changes, so old entries are never matched
 
 
-def _update_tensor(h, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
 def _dataset_fingerprint(h, ds) -> None:
     if ds is None:
         h.update(b"none")
         return
     if all(hasattr(ds, a) for a in ("tokens", "starts", "lengths")):  # a TokenDataset: views of one tensor
         for t in (ds.tokens, ds.starts, ds.lengths):
-            _update_tensor(h, t)
+            update_with_tensor(h, t)
         h.update(str(ds.pad_id).encode())
         return
     for example in ds:  # any list-like of token tensors
-        _update_tensor(h, torch.as_tensor(example))
+        update_with_tensor(h, torch.as_tensor(example))
 
 
 def cache_key(model: nn.Module, cfg, train_ds, test_ds, tokenizer, name: str) -> str:
@@ -63,10 +57,10 @@ def cache_key(model: nn.Module, cfg, train_ds, test_ds, tokenizer, name: str) ->
                          "n_vocab": getattr(tokenizer, "n_vocab", None)}, sort_keys=True).encode())
     for pname, p in model.state_dict().items():  # initial weights (and buffers)
         h.update(pname.encode())
-        _update_tensor(h, p)
+        update_with_tensor(h, p)
     to_base = getattr(tokenizer, "to_base", None)
     if to_base is not None:
-        _update_tensor(h, to_base)
+        update_with_tensor(h, to_base)
     _dataset_fingerprint(h, train_ds)
     _dataset_fingerprint(h, test_ds)
     return h.hexdigest()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .model_cache import _dataset_fingerprint, _update_tensor
+from .checkpoint import update_with_tensor
+from .model_cache import _dataset_fingerprint
 
 # Settings that change where outputs go, what is printed, or how fast the same numbers are
 # computed, but not which weights training produces: a resumed run may change them.
@@ -39,7 +40,7 @@ def vocab_record(tokenizer) -> dict | None:
     h = hashlib.blake2b(digest_size=16)
     to_base = getattr(tokenizer, "to_base", None)
     if to_base is not None:
-        _update_tensor(h, to_base)
+        update_with_tensor(h, to_base)
     return {"name": str(getattr(tokenizer, "name", type(tokenizer).__name__)),
             "n_vocab": int(getattr(tokenizer, "n_vocab", 0)), "fingerprint": h.hexdigest()}
 
