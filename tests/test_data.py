@@ -33,22 +33,42 @@ def test_3seqs_size_families_and_determinism(tok):
     assert {f for f, _ in fam} == {f for f, _ in seqs.FAMILIES}
     assert seqs.generate_3seqs() == lines
     assert seqs.generate_3seqs(50) == lines[:50]
+    assert seqs.generate_3seqs(12345)[:10000] == lines          # a longer file starts with this one
     assert seqs.generate_3seqs(50, seed=1) != lines[:50]
-    assert sum(line.startswith("0 1 2 3 4 ") for line in lines) > 1000
-    for f, line in fam[:2000]:
-        nums = [int(x) for x in line.split()]
-        assert 8 <= len(nums) <= 40
-        if f == "counting":
-            assert all(b - a == 1 for a, b in zip(nums, nums[1:]))
-        if f == "fibonacci":
-            assert all(c == a + b for a, b, c in zip(nums, nums[1:], nums[2:]))
-        if f == "squares":
-            assert all(int(round(abs(v) ** 0.5)) ** 2 == v for v in nums)
-        if f == "powers_of_two":
-            assert all(b == 2 * a for a, b in zip(nums, nums[1:]))
-        if f == "zeros":
-            assert set(nums) == {0}
     assert max(len(ids) for ids in tok.encode_ordinary_batch(lines)) < 1024
+
+
+def test_3seqs_follows_the_course_file_shares_lengths_and_starts():
+    """The course file's families in its exact shares, 12-40 numbers a line (median 26), its start ranges."""
+    fam = seqs.generate_3seqs_with_families()
+    shares = {f: sum(g == f for g, _ in fam) / len(fam) for f, _ in seqs.FAMILIES}
+    assert shares == {"counting": 0.605, "fibonacci": 0.147, "squares": 0.104, "powers_of_two": 0.100,
+                      "zeros": 0.044}
+    lengths = sorted(len(line.split()) for _, line in fam)
+    assert lengths[0] == 12 and lengths[-1] == 40 and lengths[len(lengths) // 2] == 26
+    starts = {f: set() for f, _ in seqs.FAMILIES}
+    for f, line in fam:
+        nums = [int(x) for x in line.split()]
+        starts[f].add(tuple(nums[:2]) if f == "fibonacci" else nums[0])
+        if f == "counting":
+            assert all(b - a == 1 for a, b in zip(nums, nums[1:])), line
+        elif f == "fibonacci":
+            assert all(c == a + b for a, b, c in zip(nums, nums[1:], nums[2:])), line
+        elif f == "squares":
+            k = int(round(nums[0] ** 0.5))
+            assert nums == [(k + i) ** 2 for i in range(len(nums))], line
+        elif f == "powers_of_two":
+            assert all(b == 2 * a for a, b in zip(nums, nums[1:])), line
+        else:
+            assert set(nums) == {0}, line
+    assert starts["counting"] == set(range(-10, 101))            # every start in -10..100, none outside
+    assert starts["fibonacci"] == {(0, 1), (1, 1), (1, 2), (2, 3)}
+    assert starts["squares"] == {k * k for k in range(21)}
+    assert starts["powers_of_two"] == {1, 2}
+    assert starts["zeros"] == {0}
+    # the exact shares hold in every block of 10,000 lines, so a smaller file is close to them too
+    first = seqs.generate_3seqs_with_families(2000)
+    assert abs(sum(f == "counting" for f, _ in first) / 2000 - 0.605) < 0.03
 
 
 def test_committed_3seqs_file_regenerates_identically(tmp_path):
