@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag(g, "n_blocks", "transformer blocks", type=int)
     flag(g, "pos_emb", "transformer positional encoding; default: learned with --use_position_emb, else none",
          choices=("none", "learned", "sinusoidal", "rope"))
+    flag(g, "attention", "transformer attention: softmax (a growing KV cache), linear (Katharopoulos et al.) or "
+                         "gated_delta (the gated delta rule); the last two generate from a fixed-size state",
+         choices=("softmax", "linear", "gated_delta"))
     flag(g, "use_position_emb", "learned absolute position embeddings (pico-llm's flag)", action="store_true")
     flag(g, "use_post_norm", "RMSNorm after each residual add (post-norm) instead of before (pre-norm)",
          action="store_true")

@@ -27,6 +27,8 @@ from .errors import ConfigError
 
 PROFILES = ("smoke", "laptop", "full")
 POS_EMBS = ("none", "learned", "sinusoidal", "rope")
+# The transformer's attention: softmax (a KV cache that grows), or a fixed-size state (lesson 10).
+ATTENTIONS = ("softmax", "linear", "gated_delta")
 KGRAM_INPUTS = ("embedding", "onehot")
 PRECISIONS = ("fp32", "bf16", "auto")
 LR_SCHEDULES = ("constant", "cosine")
@@ -39,7 +41,7 @@ _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram
          "loss_chunk_size", "length_bucket", "eval_subset", "max_new_tokens", "seed")
 _BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
 # Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
-_LATER_FIELDS = ("embed_scale", "length_bucket", "eval_subset")
+_LATER_FIELDS = ("embed_scale", "length_bucket", "eval_subset", "attention")
 # The largest seed: 32 bits, the size numpy's and most tools' seeds take; seed * 1_000_003 + epoch
 # (the data split's and the batch order's generators) then stays far within torch's 64-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -137,6 +139,7 @@ class RunConfig:
     use_position_emb: bool = False
     use_post_norm: bool = False
     embed_scale: bool = False  # token embeddings at unit scale: N(0, 1/E) times sqrt(E) (Vaswani et al.)
+    attention: str = "softmax"  # "softmax", "linear" (Katharopoulos et al.) or "gated_delta" (Gated DeltaNet)
     dropout: float = 0.0
     # training
     epochs: int = 3
@@ -260,6 +263,12 @@ class RunConfig:
                 f"use_position_emb=True asks for learned positions but pos_emb={self.pos_emb!r}: "
                 "set only one of them."
             )
+        if self.attention not in ATTENTIONS:
+            raise bad("attention", f"use one of {', '.join(ATTENTIONS)} (softmax is the default transformer).")
+        if self.attention == "linear" and self.pos_emb == "rope":
+            raise ConfigError("attention='linear' with pos_emb='rope' is invalid: linear attention needs positive "
+                              "features and rope rotates them; use pos_emb none, learned or sinusoidal, or "
+                              "attention='gated_delta' with rope.")
         if self.kgram_input not in KGRAM_INPUTS:
             raise bad("kgram_input", f"use one of {', '.join(KGRAM_INPUTS)}.")
         if self.precision not in PRECISIONS:

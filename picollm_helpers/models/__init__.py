@@ -39,7 +39,8 @@ def _model_kwargs(kind, cfg):
     if kind == "transformer":
         return dict(embed_size=cfg.embed_size, n_heads=cfg.n_heads, n_blocks=cfg.n_blocks,
                     block_size=cfg.block_size, pos_emb=cfg.pos_emb, use_post_norm=cfg.use_post_norm,
-                    embed_scale=getattr(cfg, "embed_scale", False), dropout=cfg.dropout)
+                    embed_scale=getattr(cfg, "embed_scale", False), dropout=cfg.dropout,
+                    attention=getattr(cfg, "attention", "softmax"))
     raise ValueError(f"model kind {kind!r} is not known: use one of {', '.join(KINDS)}")
 
 
@@ -72,4 +73,6 @@ def param_count_formula(kind, cfg, vocab_size=50257):
     block = 2 * E + 4 * E * E + 2 * 4 * E * E
     pos = T * E if a["pos_emb"] == "learned" else 0
     final_norm = 0 if a["use_post_norm"] else E
+    if a["attention"] != "softmax":  # linear attention: the token shift (3E); gated_delta: alpha, beta per head
+        block += 3 * E + (2 * a["n_heads"] * (E + 1) if a["attention"] == "gated_delta" else 0)
     return V * E + pos + L * block + final_norm + E * V

@@ -36,6 +36,12 @@ import torch.nn.functional as F
 from .transformer import HookPoint, KVCache, TransformerModel, rope_cos_sin, sinusoidal_embedding
 
 
+def _fast_kind(model) -> bool:
+    """True for a softmax TransformerModel: the models the fast step computes (a linear attention's
+    fixed-size state steps through its own readable model.step)."""
+    return isinstance(model, TransformerModel) and getattr(model, "attention", "softmax") == "softmax"
+
+
 def _hooked(model) -> bool:
     """True when any hook point of the model has a hook (the readable step must run then)."""
     return any(m.active for m in model.modules() if isinstance(m, HookPoint))
@@ -150,7 +156,7 @@ def decode_threads(model, batch_size, fast=True):
     at batch <= ONE_THREAD_BATCH (argmax, top-p and the step alike: each operation is small, and
     syncing a thread pool around it costs more than a second core gains; on a busy 2-core machine,
     2 threads made a token 3-15x slower), else None (the caller's)."""
-    if fast and isinstance(model, TransformerModel) and model.wte.weight.device.type == "cpu" \
+    if fast and _fast_kind(model) and model.wte.weight.device.type == "cpu" \
             and batch_size <= ONE_THREAD_BATCH and not _hooked(model):
         return 1
     return None
@@ -182,7 +188,7 @@ def decode_fn(model, batch_size, fast=True, compile=False):
     compile=True (only when asked: compiling takes a minute on two cores, see the module's note)
     runs the one-token step under torch.compile, falling back to the eager fast step with one note
     if compiling fails."""
-    if not (fast and isinstance(model, TransformerModel) and not _hooked(model)):
+    if not (fast and _fast_kind(model) and not _hooked(model)):
         return model.step, model.init_state(batch_size)
     w = model.wte.weight
     state = FastState(model, batch_size, w.device, w.dtype)

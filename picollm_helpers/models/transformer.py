@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import POS_EMBS
+from ..config import ATTENTIONS, POS_EMBS
 
 
 class RMSNorm(nn.Module):
@@ -237,13 +237,18 @@ class Block(nn.Module):
     post-norm (there the stream between sublayers is the normalized one).
     """
 
-    def __init__(self, embed_size, n_heads, use_post_norm=False, mlp_ratio=4, dropout=0.0, layer_idx=0):
+    def __init__(self, embed_size, n_heads, use_post_norm=False, mlp_ratio=4, dropout=0.0, layer_idx=0,
+                 attention="softmax"):
         super().__init__()
         self.use_post_norm = use_post_norm
         # (Hook points are created in the order forward reaches them, so named_modules lists them so.)
         self.hook_resid_pre = HookPoint()
         self.norm1 = RMSNorm(embed_size)
-        self.attn = CausalSelfAttention(embed_size, n_heads, dropout, layer_idx)
+        if attention == "softmax":
+            self.attn = CausalSelfAttention(embed_size, n_heads, dropout, layer_idx)
+        else:  # "linear" or "gated_delta": a fixed-size state instead of a KV cache (lesson 10)
+            from .linear_attention import LinearAttention
+            self.attn = LinearAttention(embed_size, n_heads, attention, dropout, layer_idx)
         self.hook_resid_mid = HookPoint()
         self.norm2 = RMSNorm(embed_size)
         self.mlp = MLP(embed_size, mlp_ratio, dropout)
@@ -303,10 +308,16 @@ class TransformerModel(nn.Module):
     """
 
     def __init__(self, vocab_size, embed_size, n_heads, n_blocks, block_size, pos_emb="none",
-                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False, embed_scale=False):
+                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False, embed_scale=False,
+                 attention="softmax"):
         super().__init__()
         if pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb={pos_emb!r} is not known: use one of {', '.join(POS_EMBS)}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention={attention!r} is not known: use one of {', '.join(ATTENTIONS)}")
+        if attention == "linear" and pos_emb == "rope":
+            raise ValueError("attention='linear' needs positive features and rope would rotate them: use "
+                             "pos_emb='none', 'learned' or 'sinusoidal', or attention='gated_delta' with rope")
         if embed_size % n_heads:
             raise ValueError(f"embed_size={embed_size} is not divisible by n_heads={n_heads}: "
                              "pick n_heads that divides embed_size")
@@ -318,14 +329,15 @@ class TransformerModel(nn.Module):
         self.use_post_norm = use_post_norm
         self.head_dim = embed_size // n_heads
         self.embed_scale = embed_scale
+        self.attention = attention
         self.embed_mult = math.sqrt(embed_size) if embed_scale else 1.0  # what wte's rows are multiplied by
 
         self.wte = nn.Embedding(vocab_size, embed_size)
         self.wpe = nn.Embedding(block_size, embed_size) if pos_emb == "learned" else None
         self.hook_embed = HookPoint()
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(embed_size, n_heads, use_post_norm, mlp_ratio, dropout, layer_idx=i)
-                                    for i in range(n_blocks))
+        self.blocks = nn.ModuleList(Block(embed_size, n_heads, use_post_norm, mlp_ratio, dropout, layer_idx=i,
+                                          attention=attention) for i in range(n_blocks))
         self.norm_f = nn.Identity() if use_post_norm else RMSNorm(embed_size)
         self.hook_final = HookPoint()
         self.lm_head = LMHead(embed_size, vocab_size)
@@ -342,7 +354,10 @@ class TransformerModel(nn.Module):
             nn.init.normal_(self.wte.weight, mean=0.0, std=embed_size ** -0.5)
 
     def extra_repr(self):
-        return "embed_scale=True" if self.embed_scale else ""
+        extra = ["embed_scale=True"] if self.embed_scale else []
+        if self.attention != "softmax":
+            extra.append(f"attention={self.attention!r}")
+        return ", ".join(extra)
 
     @staticmethod
     def _init_weights(m):
@@ -383,9 +398,14 @@ class TransformerModel(nn.Module):
 
     # Incremental generation (see sampling.generate).
     def init_state(self, batch_size, device=None, dtype=None):
-        """An empty KV cache for batch_size sequences, block_size positions long."""
+        """An empty KV cache for batch_size sequences, block_size positions long (a linear attention's
+        RecurrentState, of fixed size, when attention is "linear" or "gated_delta")."""
         w = self.wte.weight
         device, dtype = device or w.device, dtype or w.dtype
+        if self.attention != "softmax":
+            from .linear_attention import RecurrentState
+            return RecurrentState(self.n_blocks, batch_size, self.block_size, device, dtype,
+                                  head_t=self.lm_head.transposed(device, dtype))
         return KVCache(self.n_blocks, batch_size, self.n_heads, self.block_size, self.head_dim,
                        device, dtype, head_t=self.lm_head.transposed(device, dtype))
 
