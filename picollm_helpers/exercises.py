@@ -20,11 +20,20 @@ hint lines). All outputs are cleared, `# NBVAL_CHECK_OUTPUT` markers dropped, an
 the lesson's exercises is added under the title. The build is deterministic: `make exercises`
 rewrites the committed student notebooks byte for byte, and `python -m picollm_helpers.exercises
 --check` fails when they are out of date.
+
+The same markers make the instructor's nbgrader course, instructor/nbgrader/source/NN_x/NN_x.ipynb:
+each region becomes a solution region (`### BEGIN SOLUTION` / `### END SOLUTION` after the marker
+and its hint lines, in a cell with nbgrader's solution metadata), and each check call
+`name = check_name(name)` becomes an autograded test cell of its own, worth the exercise's points
+(its difficulty), that runs the check strict: a failing check fails the cell, and the lesson goes on
+with the kit's implementation. The build also writes the table of every lesson's exercises, points
+and minutes into instructor/README.md, between its two table markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -41,6 +50,16 @@ BEGIN = re.compile(r"^(?P<indent>\s*)# EXERCISE (?P<name>[a-z_][a-z0-9_]*) "
 END = re.compile(r"^\s*# END EXERCISE\s*$")
 HINT = re.compile(r"^\s*# HINT:(?P<text>.*)$")
 CHECK_OUTPUT = re.compile(r"^\s*# NBVAL_CHECK_OUTPUT\s*$")
+CHECK_CALL = re.compile(r"^(?P<target>[A-Za-z_]\w*) = check_(?P<name>[a-z_][a-z0-9_]*)\((?P<arg>[A-Za-z_]\w*)\)"
+                        r"\s*(#.*)?$")
+NBGRADER_SCHEMA = 3
+TABLE_BEGIN = "<!-- exercises table: written by make exercises from the lessons' markers; do not edit by hand -->"
+TABLE_END = "<!-- end of the exercises table -->"
+
+
+def points(difficulty: int) -> int:
+    """An exercise's points in the nbgrader course: its difficulty (1-3)."""
+    return difficulty
 
 
 @dataclass(frozen=True)
@@ -173,28 +192,205 @@ def _dump(nb: dict) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
+# The nbgrader course ---------------------------------------------------------------------------------
+
+def _nbgrader_meta(grade_id: str, *, solution=False, grade=False, locked=False, pts=None) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": NBGRADER_SCHEMA,
+            "solution": solution, "task": False}
+    if pts is not None:
+        meta["points"] = pts
+    return {"nbgrader": meta}
+
+
+def solution_cell(lines: list[str], where: str) -> tuple[list[str], list[Exercise]]:
+    """One cell's marked regions in nbgrader's form: the marker and its hint lines stay (the student sees
+    them), the code goes between `### BEGIN SOLUTION` and `### END SOLUTION` at the marker's indent."""
+    _, found = stub_cell(lines, where)  # the same validation and the same exercises as the student build
+    out, indent, in_hint = [], None, False
+    for line in lines:
+        m = BEGIN.match(line)
+        if m:
+            out.append(line)
+            indent, in_hint = m["indent"], True
+        elif indent is not None and in_hint and HINT.match(line):
+            out.append(line)
+        elif indent is not None and END.match(line):
+            out.append(f"{indent}### END SOLUTION")
+            indent = None
+        else:
+            if indent is not None and in_hint:
+                out.append(f"{indent}### BEGIN SOLUTION")
+                in_hint = False
+            out.append(line)
+    return out, found
+
+
+def graded_cell(target: str, name: str, arg: str, pts: int, cell_id: str) -> dict:
+    """The autograded test cell of one exercise: its check, strict."""
+    text = (f"# Graded: {pts} point{'s' * (pts != 1)}. A failing check fails this cell; the lesson goes on with the "
+            "kit's version.\n"
+            "from picollm_helpers.checks import CheckFailed\n\n"
+            "try:\n"
+            f"    {target} = check_{name}({arg}, strict=True)\n"
+            "except CheckFailed as failed:\n"
+            f"    {target} = failed.fallback\n"
+            "    raise")
+    return {"cell_type": "code", "execution_count": None, "id": cell_id,
+            "metadata": _nbgrader_meta(f"check_{name}", grade=True, locked=True, pts=pts),
+            "outputs": [], "source": _join(text.split("\n"))}
+
+
+def _nbgrader_header(lesson: str, exs: list[Exercise]) -> dict:
+    rows = "\n".join(f"| `{e.name}` | {points(e.difficulty)} | {e.minutes} | {e.goal} |" for e in exs)
+    text = (
+        "**Graded version.** This notebook is built from `notebooks/" + lesson + "` for nbgrader by "
+        "`make exercises`. Write each exercise's code in place of `raise NotImplementedError()` under its "
+        "marker and hint. The cell after each exercise is graded: it runs the kit's check on your code and "
+        "fails when the check fails. Whatever happens there, the lesson goes on (with the kit's version of "
+        "an exercise that failed), so the later exercises are graded on their own.\n\n"
+        f"| exercise | points | minutes | goal |\n|---|---|---|---|\n{rows}\n\n"
+        f"{sum(points(e.difficulty) for e in exs)} points, about {sum(e.minutes for e in exs)} minutes."
+    )
+    return {"cell_type": "markdown", "id": "graded-version", "metadata": {}, "source": _join(text.split("\n"))}
+
+
+def build_nbgrader(nb: dict, lesson: str) -> dict:
+    """The nbgrader source notebook of one solution notebook (a new dict; nb is not changed)."""
+    exs = {e.name: e for e in exercises_of(nb, lesson)}
+    cells, graded = [], set()
+    for n, cell in enumerate(nb["cells"]):
+        new = {k: v for k, v in cell.items() if k not in ("outputs", "execution_count")}
+        new["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k not in ("execution", "scrolled")}
+        if cell["cell_type"] != "code":
+            cells.append(new)
+            continue
+        new["outputs"], new["execution_count"] = [], None
+        lines, found = solution_cell(_source(cell), f"{lesson}, cell {n}")
+        lines = [line for line in lines if not CHECK_OUTPUT.match(line)]
+        if found:
+            new["metadata"].update(_nbgrader_meta("solution_" + "_".join(e.name for e in found), solution=True))
+        pieces, rest = [], []
+        for line in lines:  # each check call becomes its own graded cell, in place
+            m = CHECK_CALL.match(line)
+            if m and m["name"] in exs:
+                if m["name"] in graded:
+                    raise PicoLLMError(f"{lesson}, cell {n}: check_{m['name']} is called twice; the nbgrader "
+                                       "course grades each exercise once")
+                graded.add(m["name"])
+                pieces += [rest, m]
+                rest = []
+            else:
+                rest.append(line)
+        pieces.append(rest)
+        if found and len(pieces) > 1:
+            raise PicoLLMError(f"{lesson}, cell {n}: an exercise and a check call in the same cell; call the check "
+                               "in the cell after the exercise")
+        k = 0
+        for piece in pieces:
+            if isinstance(piece, re.Match):
+                e = exs[piece["name"]]
+                cells.append(graded_cell(piece["target"], e.name, piece["arg"], points(e.difficulty),
+                                         f"check-{e.name.replace('_', '-')}"))
+            elif "\n".join(piece).strip():
+                while piece and not piece[0].strip():
+                    piece = piece[1:]
+                cells.append({**new, "id": new["id"] if k == 0 else f"{new['id']}-{k}", "source": _join(piece)})
+                k += 1
+    missing = sorted(set(exs) - graded)
+    if missing:
+        raise PicoLLMError(f"{lesson}: no `name = check_name(name)` line for {missing}: the nbgrader course needs "
+                           "each exercise's check on a line of its own")
+    header = _nbgrader_header(lesson, list(exs.values()))
+    cells.insert(1 if cells and cells[0]["cell_type"] == "markdown" else 0, header)
+    meta = {k: v for k, v in nb.get("metadata", {}).items() if k not in ("widgets",)}
+    return {"cells": cells, "metadata": meta, "nbformat": nb["nbformat"], "nbformat_minor": nb["nbformat_minor"]}
+
+
+def exercises_table(lessons: dict[str, list[Exercise]]) -> str:
+    """instructor/README.md's table: per lesson, its exercises, points and minutes (from the markers)."""
+    rows = ["| lesson | exercises | points | minutes |", "|---|---|---|---|"]
+    for lesson, exs in lessons.items():
+        names = ", ".join(f"`{e.name}` ({points(e.difficulty)})" for e in exs) or "none yet"
+        pts, minutes = sum(points(e.difficulty) for e in exs), sum(e.minutes for e in exs)
+        rows.append(f"| {lesson} | {names} | {pts} | {minutes} |")
+    total = [e for exs in lessons.values() for e in exs]
+    rows.append(f"| all | {len(total)} exercises | {sum(points(e.difficulty) for e in total)} | "
+                f"{sum(e.minutes for e in total)} |")
+    return "\n".join(rows)
+
+
+def _with_table(readme: str, table: str, where: Path) -> str:
+    if TABLE_BEGIN not in readme or TABLE_END not in readme:
+        raise PicoLLMError(f"{where}: the exercises table's markers are missing; put the two lines\n{TABLE_BEGIN}\n"
+                           f"{TABLE_END}\nwhere the table goes")
+    head, rest = readme.split(TABLE_BEGIN, 1)
+    return head + TABLE_BEGIN + "\n" + table + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1]
+
+
+def answer(nb: dict, code: dict[str, str]) -> dict:
+    """A copy of a handed-out notebook (the student build or nbgrader's release) with the stub of each exercise
+    named in `code` replaced by that code, indented at its marker: what a student who wrote it hands in."""
+    out = copy.deepcopy(nb)
+    done = set()
+    for cell in out["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        lines, new, i = _source(cell), [], 0
+        while i < len(lines):
+            m = BEGIN.match(lines[i])
+            new.append(lines[i])
+            i += 1
+            if not m or m["name"] not in code:
+                continue
+            while i < len(lines) and HINT.match(lines[i]):
+                new.append(lines[i])
+                i += 1
+            if i < len(lines) and lines[i].strip() == "# YOUR CODE HERE":  # nbgrader's stub is two lines
+                i += 1
+            if i >= len(lines) or not lines[i].strip().startswith("raise NotImplementedError"):
+                raise PicoLLMError(f"exercise {m['name']}: no stub (raise NotImplementedError) under its marker")
+            new += [m["indent"] + line if line.strip() else "" for line in code[m["name"]].split("\n")]
+            done.add(m["name"])
+            i += 1
+        cell["source"] = _join(new)
+    if set(code) - done:
+        raise PicoLLMError(f"no exercise marker for {sorted(set(code) - done)} in this notebook")
+    return out
+
+
+def _write_if_changed(dest: Path, text: str, check: bool, changed: list[Path]) -> None:
+    if dest.exists() and dest.read_text(encoding="utf-8") == text:
+        return
+    changed.append(dest)
+    if not check:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_text(dest, text)
+
+
 def build(root: Path | None = None, check: bool = False) -> list[Path]:
-    """Write exercises/NN_*.ipynb for every notebooks/NN_*.ipynb; with check=True write nothing and
-    return the student notebooks that are missing or differ from a fresh build."""
+    """Write exercises/NN_*.ipynb and instructor/nbgrader/source/NN_*/NN_*.ipynb for every notebooks/NN_*.ipynb,
+    and the exercises table of instructor/README.md; with check=True write nothing and return the files that are
+    missing or differ from a fresh build."""
     root = Path(root or repo_root())
-    out_dir = root / "exercises"
-    changed = []
+    changed, lessons = [], {}
     for src in sorted((root / "notebooks").glob("[0-9]*.ipynb")):
         nb = json.loads(src.read_text(encoding="utf-8"))
-        text = _dump(build_notebook(nb, src.name))
-        dest = out_dir / src.name
-        if dest.exists() and dest.read_text(encoding="utf-8") == text:
-            continue
-        changed.append(dest)
-        if not check:
-            out_dir.mkdir(exist_ok=True)
-            write_text(dest, text)
+        lessons[src.stem] = exercises_of(nb, src.name)
+        _write_if_changed(root / "exercises" / src.name, _dump(build_notebook(nb, src.name)), check, changed)
+        if lessons[src.stem]:
+            _write_if_changed(root / "instructor" / "nbgrader" / "source" / src.stem / src.name,
+                              _dump(build_nbgrader(nb, src.name)), check, changed)
+    readme = root / "instructor" / "README.md"
+    if readme.exists():
+        text = readme.read_text(encoding="utf-8")
+        _write_if_changed(readme, _with_table(text, exercises_table(lessons), readme), check, changed)
     return changed
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m picollm_helpers.exercises",
-                                 description="Build the student notebooks exercises/NN_*.ipynb from notebooks/.")
+                                 description="Build the student notebooks exercises/NN_*.ipynb and the nbgrader course "
+                                             "instructor/nbgrader/source/ from notebooks/.")
     ap.add_argument("--check", action="store_true", help="write nothing; fail if a student notebook is out of date")
     args = ap.parse_args(argv)
     try:
@@ -207,9 +403,9 @@ def main(argv=None) -> int:
         if rel:
             print("out of date (run `make exercises`): " + ", ".join(rel), file=sys.stderr)
             return 1
-        print("exercises/ is up to date")
+        print("exercises/ and instructor/ are up to date")
         return 0
-    print("wrote " + ", ".join(rel) if rel else "exercises/ was already up to date")
+    print("wrote " + ", ".join(rel) if rel else "exercises/ and instructor/ were already up to date")
     return 0
 
 

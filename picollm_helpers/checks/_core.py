@@ -5,12 +5,21 @@ hand-made ones first, then random ones from a fixed seed) and compares what they
 the check prints one verdict and hands back the implementation the lesson goes on with: the
 student's when it passed, the kit's reference otherwise (an exercise not done yet never stops a
 lesson). `Check.run(fn)` returns the `Verdict` without printing, for tests.
+
+Graded mode is explicit: `check_x(fn, strict=True)`, or PICOLLM_GRADED=1 in the kernel's
+environment, makes a failing check raise `CheckFailed` (an AssertionError, so an autograder counts
+the cell as failed). The error carries the fallback, so a graded cell can still hand the lesson the
+kit's implementation (the nbgrader course's test cells do). PICOLLM_VERDICTS=<file> appends every
+verdict to that file as one JSON line (`python -m picollm_helpers.grade` reads them).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,6 +27,13 @@ from typing import Any, Callable
 import torch
 
 STATUSES = ("passed", "failed", "raised", "not implemented")
+GRADED_ENV = "PICOLLM_GRADED"  # 1: every check runs strict (a failure raises)
+VERDICTS_ENV = "PICOLLM_VERDICTS"  # a file: every verdict is appended to it as one JSON line
+
+
+def graded_mode() -> bool:
+    """True when PICOLLM_GRADED asks every check to be strict (1, true, yes)."""
+    return os.environ.get(GRADED_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -53,6 +69,15 @@ class Verdict:
 
 class Mismatch(Exception):
     """Raised by a comparison: what differs, in words."""
+
+
+class CheckFailed(AssertionError):
+    """A strict check's failure: its message is the verdict's; `fallback` is what the lesson would go on
+    with (the kit's reference), so a graded cell can keep the rest of the notebook running."""
+
+    def __init__(self, verdict: Verdict, fallback):
+        super().__init__(verdict.message)
+        self.verdict, self.fallback = verdict, fallback
 
 
 def describe(x, limit: int = 12) -> str:
@@ -213,13 +238,29 @@ class Check:
         return Verdict(self.name, "passed", len(self._cases),
                        f"{self.name}: the kit's checks passed ({len(self._cases)} cases)")
 
-    def __call__(self, fn, quiet: bool = False):
-        """Check fn, print the verdict, and return what the lesson should use next."""
+    def __call__(self, fn, quiet: bool = False, strict: bool | None = None):
+        """Check fn, print the verdict, and return what the lesson should use next: fn when it passed,
+        the kit's reference otherwise. strict=True (default: PICOLLM_GRADED set) raises CheckFailed
+        instead of going on with the reference, for graded cells."""
+        start = time.perf_counter()
         v = self.run(fn)
+        _record(v, time.perf_counter() - start)
         if v.passed:
             if not quiet:
                 print(f"\u2713 {v.message}")
             return fn
+        if strict if strict is not None else graded_mode():
+            raise CheckFailed(v, self.reference)
         if not quiet:
             print(f"\u2717 {v.message}\n  The lesson continues with {self.used}.")
         return self.reference
+
+
+def _record(v: Verdict, seconds: float) -> None:
+    """Append the verdict to $PICOLLM_VERDICTS (one JSON line), when it names a file."""
+    path = os.environ.get(VERDICTS_ENV, "").strip()
+    if path:
+        line = {"name": v.name, "status": v.status, "n_cases": v.n_cases, "message": v.message,
+                "seconds": round(seconds, 3)}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
