@@ -16,13 +16,15 @@ from .models.decode import decode_fn, decode_threads
 from .timing import phase
 from .tokenizer import check_tokenizer
 
-# A cumulative sum of V terms is exact to about V float eps of its dtype; a mass within this many
-# times that of p counts as reaching p, so rounding cannot decide a boundary (p=0.8 on
-# [0.5, 0.3, 0.2] keeps exactly 2 tokens), while with V = 50257 the margin (about 2e-11 in
-# float64) stays far below any token's probability, so the kept set never falls short of p.
-_P_TOL_PER_TERM = 4
-# On MPS (no float64) the sum is float32: a fixed margin of 16 float32 eps.
-_P_TOL_FLOAT32 = 16 * torch.finfo(torch.float32).eps
+# The nucleus's boundary: a cumulative mass within P_TOLERANCE of p counts as reaching p. Logits are
+# float32 in practice, and a float32 probability carries a relative rounding error of about 6e-8, so
+# the top-n mass of probabilities written as decimals (0.05, 0.25, 0.7) comes out a few 1e-7 away from
+# its exact value, on either side; a tolerance that large makes the exact rule on those decimals and
+# the filter agree. 1e-6 is far below any mass that changes what is sampled (a token of probability
+# under 1e-6 is drawn about once in a million steps). The lesson's hand version uses the same number.
+P_TOLERANCE = 1e-6
+# On MPS (no float64) the cumulative sum over V terms is itself float32: a margin of 16 float32 eps.
+_P_TOL_FLOAT32 = max(P_TOLERANCE, 16 * torch.finfo(torch.float32).eps)
 
 
 def _check_p(p):
@@ -55,6 +57,13 @@ def top_p_filter(logits, p):
     logits: (..., V). Returns logits of the same shape with every token outside the nucleus set to
     -inf. At least one token (the most probable) is always kept; p=1 keeps all. Logits with a NaN
     or +inf, or a row that is all -inf, are refused (PicoLLMError): no distribution comes from them.
+
+    The rule, exactly: sort the probabilities softmax(logits) from most to least probable; token n
+    (counting from 1) is kept when the mass of the n-1 tokens above it is below p - P_TOLERANCE
+    (1e-6). So the token whose mass crosses p stays, and a mass within 1e-6 of p counts as reaching
+    it: float32 rounding never decides the boundary. [0.05, 0.25, 0.7] at p=0.7 keeps one token
+    (0.7 reaches 0.7), at p=0.95 two, at p=0.96 all three. Half-precision logits round by far more
+    than 1e-6: for them the rule is exact on the rounded values.
     """
     _check_p(p)
     _check_finite(logits)
@@ -65,9 +74,8 @@ def top_p_filter(logits, p):
     wide = torch.float32 if logits.device.type == "mps" else torch.float64
     probs = sorted_logits.to(wide).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
-    # A token is needed while the more probable ones have not reached p yet.
-    tol = _P_TOL_FLOAT32 if wide == torch.float32 else _P_TOL_PER_TERM * logits.size(-1) * torch.finfo(wide).eps
-    keep_sorted = before < p - tol  # (..., V)
+    tol = _P_TOL_FLOAT32 if wide == torch.float32 else P_TOLERANCE
+    keep_sorted = before < p - tol  # (..., V) needed while the tokens above fall short of p
     keep_sorted[..., 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
     return logits.masked_fill(~keep, float("-inf"))
@@ -83,22 +91,37 @@ def top_k_filter(logits, k):
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
-    """Pick one token per row of logits (B, V) -> (B,) int64 ids.
+def sampling_distribution(logits, temperature=1.0, top_p=None, *, top_k=None):
+    """The distribution the next token is drawn from: logits (..., V) -> float32 probabilities (..., V).
 
-    greedy (or temperature=0) takes the argmax. Otherwise logits are divided by temperature, then
-    filtered by top-k, then top-p, and a token is drawn from the softmax with `generator`.
+    The logits are divided by `temperature` (> 0: below 1 sharpens, above 1 flattens), then filtered
+    by top-k, then by top-p (so the nucleus is taken on the tempered distribution), and the softmax
+    renormalises what is left: tokens outside the kept set get probability 0.
     """
     _check_sampling(temperature, top_k, top_p)
-    _check_finite(logits)  # argmax would pick a NaN, multinomial would fail in torch's words
-    if greedy or temperature == 0:
-        return logits.argmax(dim=-1)
+    if temperature == 0:
+        raise PicoLLMError("temperature=0 is greedy decoding, which has no distribution to draw from: "
+                           "use sample_next(..., greedy=True), or a temperature > 0")
+    _check_finite(logits)
     logits = logits / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
-    probs = logits.float().softmax(dim=-1)  # (B, V)
+    return logits.float().softmax(dim=-1)
+
+
+def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+    """Pick one token per row of logits (B, V) -> (B,) int64 ids.
+
+    greedy (or temperature=0) takes the argmax. Otherwise a token is drawn with `generator` from
+    `sampling_distribution` (temperature, then top-k, then top-p, renormalised).
+    """
+    _check_sampling(temperature, top_k, top_p)
+    _check_finite(logits)  # argmax would pick a NaN, multinomial would fail in torch's words
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = sampling_distribution(logits, temperature, top_p, top_k=top_k)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

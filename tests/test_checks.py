@@ -406,7 +406,7 @@ def test_a_students_exception_is_reported_as_theirs():
 
 def test_calling_a_check_prints_the_verdict_and_returns_what_to_use(capsys):
     assert check_top_p_filter(CHECKS["top_p_filter"].reference) is CHECKS["top_p_filter"].reference
-    assert "\u2713 top_p_filter: the kit's checks passed (12 cases)" in capsys.readouterr().out
+    assert "\u2713 top_p_filter: the kit's checks passed (16 cases)" in capsys.readouterr().out
     assert check_top_p_filter(stub) is CHECKS["top_p_filter"].reference
     out = capsys.readouterr().out
     assert "not implemented yet" in out and "continues with the kit's reference implementation" in out
@@ -457,3 +457,84 @@ def test_a_kv_cache_message_names_only_what_the_notebook_has():
         for wrong in WRONG[name]:
             assert "causal_mask" not in check.run(wrong).message
         assert "picollm_helpers." not in check.used
+
+
+# Lesson 03: the nucleus at its boundary, and the distribution a token is drawn from ----------------
+
+def top_p_float64_no_slack(logits, p):
+    probs = logits.double().softmax(-1)
+    sp, order = probs.sort(-1, descending=True)
+    keep_sorted = (sp.cumsum(-1) - sp) < p  # exact in float64, but float32 inputs are rounded
+    keep_sorted[..., 0] = True
+    return logits.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+
+
+def top_p_float32_no_slack(logits, p):
+    sp, order = logits.softmax(-1).sort(-1, descending=True)
+    keep_sorted = (sp.cumsum(-1) - sp) < p
+    keep_sorted[..., 0] = True
+    return logits.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+
+
+def top_p_float32_with_slack(logits, p):  # correct: the rule with the lesson's 1e-6, all in float32
+    sp, order = logits.softmax(-1).sort(-1, descending=True)
+    keep_sorted = (sp.cumsum(-1) - sp) < p - 1e-6
+    keep_sorted[..., 0] = True
+    return logits.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+
+
+def top_p_searchsorted(logits, p):  # correct: the lesson's hand version, n = first top-n mass >= p - 1e-6
+    sp, order = logits.double().softmax(-1).sort(-1, descending=True)
+    n_keep = torch.searchsorted(sp.cumsum(-1).contiguous(), torch.full((*sp.shape[:-1], 1), p - 1e-6,
+                                                                       dtype=torch.float64)) + 1
+    keep_sorted = torch.arange(sp.size(-1)) < n_keep
+    return logits.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+
+
+def test_the_top_p_check_fails_a_filter_that_lets_rounding_decide_and_passes_every_correct_one():
+    for wrong in (top_p_float64_no_slack, top_p_float32_no_slack):
+        v = check_top_p_filter.run(wrong)
+        assert v.status == "failed" and "float32 [" in v.message, (wrong.__name__, v.message)
+    for right in (top_p_float32_with_slack, top_p_searchsorted):
+        v = check_top_p_filter.run(right)
+        assert v.passed, (right.__name__, v.message)
+
+
+def distribution_filter_then_temperature(logits, temperature, p):
+    return (CHECKS["top_p_filter"].reference(logits, p) / temperature).softmax(-1)  # nucleus of the untempered
+
+
+def distribution_times_temperature(logits, temperature, p):
+    return CHECKS["top_p_filter"].reference(logits * temperature, p).softmax(-1)  # sharpens when it should flatten
+
+
+def distribution_not_renormalised(logits, temperature, p):
+    kept = CHECKS["top_p_filter"].reference(logits / temperature, p).isfinite()
+    return (logits / temperature).softmax(-1) * kept  # the cut tokens' mass is lost, the rest sums below 1
+
+
+def distribution_without_the_nucleus(logits, temperature, p):
+    return (logits / temperature).softmax(-1)  # temperature only
+
+
+WRONG["sampling_distribution"] = [distribution_filter_then_temperature, distribution_times_temperature,
+                                  distribution_not_renormalised, distribution_without_the_nucleus]
+
+
+@pytest.mark.parametrize("wrong", WRONG["sampling_distribution"], ids=lambda f: f.__name__)
+def test_the_sampling_distribution_check_fails_plausible_mistakes(wrong):
+    v = CHECKS["sampling_distribution"].run(wrong)
+    assert v.status == "failed", f"{wrong.__name__} passed"
+    assert v.message.startswith("sampling_distribution: failed case ") and "differ" in v.message
+
+
+def test_the_sampling_distribution_check_passes_a_correct_one_in_any_float_dtype():
+    def in_float64(logits, temperature, p):
+        return CHECKS["top_p_filter"].reference(logits.double() / temperature, p).softmax(-1)
+
+    def by_hand(logits, temperature, p):  # the nucleus's probabilities, renormalised by their sum
+        probs = CHECKS["top_p_filter"].reference(logits / temperature, p).exp()
+        return probs / probs.sum(-1, keepdim=True)
+
+    for right in (in_float64, by_hand):
+        assert CHECKS["sampling_distribution"].run(right).passed, right.__name__

@@ -1,16 +1,26 @@
+from fractions import Fraction
+
 import pytest
 import torch
 
 from picollm_helpers.errors import PicoLLMError
 from picollm_helpers.models import KGramMLPSeqModel, LSTMSeqModel, TransformerModel
-from picollm_helpers.sampling import Generation, generate, sample_next, top_k_filter, top_p_filter
+from picollm_helpers.sampling import (
+    P_TOLERANCE,
+    Generation,
+    generate,
+    sample_next,
+    sampling_distribution,
+    top_k_filter,
+    top_p_filter,
+)
 
 
 def kept(logits, p):
     return torch.isfinite(top_p_filter(logits, p))
 
 
-@pytest.mark.parametrize("p, n", [(0.5, 1), (0.5000001, 2), (0.8, 2), (0.80001, 3), (1.0, 3), (1e-9, 1)])
+@pytest.mark.parametrize("p, n", [(0.5, 1), (0.5000005, 1), (0.500002, 2), (0.8, 2), (0.80001, 3), (1.0, 3), (1e-9, 1)])
 def test_top_p_boundaries(p, n):
     logits = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
     assert kept(logits, p).tolist() == [True] * n + [False] * (3 - n)
@@ -21,6 +31,56 @@ def test_top_p_boundary_in_float32_and_any_order():
     assert kept(probs.log(), 0.8).tolist() == [False, True, True]  # rounding does not pull in the 0.2
     batch = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
     assert kept(batch, 0.7).tolist() == [[True, True, False], [False, False, True]]
+
+
+def boundary_family(steps):
+    """Every three-token distribution on a grid of 1/steps (each probability >= 1/steps), in every order,
+    with p at each partial sum below 1 of its sorted probabilities (the boundary cases) and 1/(2 steps)
+    either side of it. Yields (probabilities as exact fractions, p as an exact fraction)."""
+    for a in range(1, steps - 1):
+        for b in range(1, steps - a):
+            probs = [Fraction(a, steps), Fraction(b, steps), Fraction(steps - a - b, steps)]
+            top = sorted(probs, reverse=True)
+            for edge in {top[0], top[0] + top[1]}:
+                for p in (edge - Fraction(1, 2 * steps), edge, edge + Fraction(1, 2 * steps)):
+                    yield probs, p
+
+
+def exact_nucleus(probs, p):
+    """The nucleus in exact arithmetic: the smallest top-n whose mass reaches p (ties: the first in order)."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    n = next(n for n in range(1, len(probs) + 1) if sum(probs[i] for i in order[:n]) >= p)
+    return sorted(order[:n])
+
+
+@pytest.mark.parametrize("steps", [20, 100])
+def test_top_p_is_the_exact_rule_on_float32_boundary_cases(steps):
+    # float32 logits built as a lesson builds them, torch.tensor([0.05, 0.25, 0.7]).log(): the top-n mass comes
+    # out a few 1e-7 off its decimal value, on either side; the filter must still keep what the exact rule keeps
+    cases = list(boundary_family(steps))
+    for p_value in sorted({p for _, p in cases}):
+        group = [probs for probs, p in cases if p == p_value]
+        logits = torch.tensor([[float(x) for x in probs] for probs in group]).log()  # (N, 3) float32
+        kept_now = torch.isfinite(top_p_filter(logits, float(p_value)))
+        for probs, row in zip(group, kept_now):
+            assert row.nonzero().flatten().tolist() == exact_nucleus(probs, p_value), (probs, p_value)
+
+
+def test_boundary_family_reaches_the_rounding():
+    # the family is a real test: without the tolerance, float32 rounding decides some of its boundaries
+    cases = list(boundary_family(20))
+    assert len(cases) == 3 * 342
+    wrong = 0
+    for probs, p in cases:
+        q = torch.tensor([float(x) for x in probs]).log().softmax(-1)  # float32, as the filter's input
+        mass = q.sort(descending=True).values.cumsum(0)
+        n = int((mass < float(p)).sum()) + 1                         # no tolerance
+        wrong += n != len(exact_nucleus(probs, p))
+    assert wrong > 0
+    assert float(torch.tensor([0.05, 0.25, 0.7]).log().softmax(-1)[2]) != 0.7
+    assert kept(torch.tensor([0.05, 0.25, 0.7]).log(), 0.7).tolist() == [False, False, True]
+    assert kept(torch.tensor([0.05, 0.25, 0.7]).log(), 0.95).tolist() == [False, True, True]
+    assert kept(torch.tensor([0.05, 0.25, 0.7]).log(), 0.96).tolist() == [True, True, True]
 
 
 def test_top_p_keeps_logit_values():
@@ -158,8 +218,9 @@ def test_top_p_keeps_the_smallest_set_reaching_p_on_full_vocabulary_distribution
         p = float(torch.rand(1, generator=g)) * 0.98 + 0.01
         n_kept = int(kept(logits, p).sum())
         mass = logits.double().softmax(-1).sort(descending=True).values.cumsum(-1)  # mass of the top k+1
-        assert mass[n_kept - 1] >= p, (trial, p)                           # the kept set reaches p
-        assert n_kept == 1 or mass[n_kept - 2] < p, (trial, p)             # and no smaller one does
+        reach = p - P_TOLERANCE                                            # the documented boundary
+        assert mass[n_kept - 1] >= reach, (trial, p)                       # the kept set reaches p
+        assert n_kept == 1 or mass[n_kept - 2] < reach, (trial, p)         # and no smaller one does
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -208,3 +269,18 @@ def test_top_p_and_sampling_refuse_non_finite_logits(bad, words):
 def test_generate_refuses_counts_that_are_not_whole_numbers(kw, words):
     with pytest.raises(PicoLLMError, match=words):
         generate(models()[2], CharTok(), "ab", **kw)
+
+
+def test_sampling_distribution_is_the_tempered_nucleus_renormalised():
+    toy = torch.tensor([0.10, 0.50, 0.05, 0.20, 0.15]).log()
+    for t, p, n in [(1.0, 0.9, 4), (0.5, 0.9, 3), (2.0, 0.9, 5), (2.0, 0.5, 2), (1.0, 0.5, 1)]:
+        q = sampling_distribution(toy, t, p)
+        assert int((q > 0).sum()) == n, (t, p)
+        assert torch.allclose(q.sum(), torch.tensor(1.0))
+        tempered = (toy / t).softmax(-1)
+        assert torch.allclose(q[q > 0], tempered[q > 0] / tempered[q > 0].sum())
+    g = torch.Generator().manual_seed(3)
+    draws = torch.multinomial(sampling_distribution(toy, 1.0, 0.5).expand(200, -1), 1, generator=g)
+    assert set(draws.flatten().tolist()) == {1}  # only dog is in the nucleus at p = 0.5
+    with pytest.raises(ValueError, match="temperature=0"):
+        sampling_distribution(toy, 0.0, 0.9)

@@ -20,7 +20,7 @@ from .kgram import check_kgram_logits
 from .norms import check_block_grad_norms
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
-from .sampling import check_top_k_filter, check_top_p_filter
+from .sampling import check_sampling_distribution, check_top_k_filter, check_top_p_filter
 from .transformer import (
     check_attention_head,
     check_causal_self_attention,
@@ -32,7 +32,7 @@ from .transformer import (
 CHECKS = {c.name: c for c in (
     check_one_hot_embedding, check_training_step,
     check_kgram_logits,
-    check_top_p_filter, check_top_k_filter,
+    check_top_p_filter, check_top_k_filter, check_sampling_distribution,
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share,
     check_sinusoidal_encoding,
