@@ -14,7 +14,8 @@ PIN    := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report exercises doctor lock clean-cache
+.PHONY: setup run test lint test-unit test-notebooks test-browser lab bench report exercises doctor lock clean-cache \
+	instructor test-instructor grade
 
 setup: $(STAMP)
 
@@ -42,7 +43,7 @@ test: lint test-unit test-notebooks
 # ruff, configured in pyproject.toml: unused or undefined names, style errors, import order; the
 # lessons' code cells too (ruff reads .ipynb)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check picollm_helpers tests tests_browser notebooks
+	$(VENV)/bin/ruff check picollm_helpers tests tests_browser tests_instructor notebooks
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests
@@ -74,6 +75,28 @@ bench: $(STAMP)
 # when the student's code is right). tests/test_exercises.py checks that it is up to date and runs.
 exercises: $(STAMP)
 	$(PY) -m picollm_helpers.exercises
+
+# Grading (instructor/README.md). The instructor extra (nbgrader) on top of the kit, pinned by
+# constraints.txt and instructor/constraints.txt (the packages only nbgrader needs).
+INSTRUCTOR_STAMP := $(VENV)/.installed-instructor
+INSTRUCTOR_PIN := $(if $(CONSTRAINTS),$(PIN) -c instructor/constraints.txt)
+instructor: $(INSTRUCTOR_STAMP)
+
+$(INSTRUCTOR_STAMP): $(STAMP) pyproject.toml instructor/constraints.txt
+	$(PY) -m pip install --quiet $(INSTRUCTOR_PIN) -e ".[dev,instructor]"
+	touch $(INSTRUCTOR_STAMP)
+
+# The nbgrader round trip: generate_assignment on one lesson, autograde three submissions, their scores.
+test-instructor: $(INSTRUCTOR_STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests_instructor
+
+# grades.csv from a folder of collected student notebooks: make grade SUBMISSIONS=collected/
+# (each runs headless in the smoke profile, GRADE_TIMEOUT seconds at most).
+GRADES ?= grades.csv
+GRADE_TIMEOUT ?= 300
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder [GRADES=grades.csv] [GRADE_TIMEOUT=300]"; exit 2; }
+	$(PY) -m picollm_helpers.grade "$(SUBMISSIONS)" --out "$(GRADES)" --timeout $(GRADE_TIMEOUT)
 
 # results/REPORT.md (verdict counts, one row per claim, details) and results/report_card.png, from
 # every lesson's results/NN_*.json; also the README's minutes table when the results are laptop ones.

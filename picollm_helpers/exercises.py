@@ -50,8 +50,8 @@ BEGIN = re.compile(r"^(?P<indent>\s*)# EXERCISE (?P<name>[a-z_][a-z0-9_]*) "
 END = re.compile(r"^\s*# END EXERCISE\s*$")
 HINT = re.compile(r"^\s*# HINT:(?P<text>.*)$")
 CHECK_OUTPUT = re.compile(r"^\s*# NBVAL_CHECK_OUTPUT\s*$")
-CHECK_CALL = re.compile(r"^(?P<target>[A-Za-z_]\w*) = check_(?P<name>[a-z_][a-z0-9_]*)\((?P<arg>[A-Za-z_]\w*)\)"
-                        r"\s*(#.*)?$")
+CHECK_CALL = re.compile(r"^(?P<target>[A-Za-z_]\w*) = check_(?P<name>[a-z_][a-z0-9_]*)\((?P<arg>[A-Za-z_]\w*)"
+                        r"(?P<kwargs>(, *[a-z_]+=[^,()]+)*)\)\s*(#.*)?$")
 NBGRADER_SCHEMA = 3
 TABLE_BEGIN = "<!-- exercises table: written by make exercises from the lessons' markers; do not edit by hand -->"
 TABLE_END = "<!-- end of the exercises table -->"
@@ -225,13 +225,13 @@ def solution_cell(lines: list[str], where: str) -> tuple[list[str], list[Exercis
     return out, found
 
 
-def graded_cell(target: str, name: str, arg: str, pts: int, cell_id: str) -> dict:
-    """The autograded test cell of one exercise: its check, strict."""
+def graded_cell(target: str, name: str, arg: str, pts: int, cell_id: str, kwargs: str = "") -> dict:
+    """The autograded test cell of one exercise: its check (with the lesson's keyword arguments, if any), strict."""
     text = (f"# Graded: {pts} point{'s' * (pts != 1)}. A failing check fails this cell; the lesson goes on with the "
             "kit's version.\n"
             "from picollm_helpers.checks import CheckFailed\n\n"
             "try:\n"
-            f"    {target} = check_{name}({arg}, strict=True)\n"
+            f"    {target} = check_{name}({arg}{kwargs}, strict=True)\n"
             "except CheckFailed as failed:\n"
             f"    {target} = failed.fallback\n"
             "    raise")
@@ -290,7 +290,7 @@ def build_nbgrader(nb: dict, lesson: str) -> dict:
             if isinstance(piece, re.Match):
                 e = exs[piece["name"]]
                 cells.append(graded_cell(piece["target"], e.name, piece["arg"], points(e.difficulty),
-                                         f"check-{e.name.replace('_', '-')}"))
+                                         f"check-{e.name.replace('_', '-')}", piece["kwargs"] or ""))
             elif "\n".join(piece).strip():
                 while piece and not piece[0].strip():
                     piece = piece[1:]
@@ -298,8 +298,9 @@ def build_nbgrader(nb: dict, lesson: str) -> dict:
                 k += 1
     missing = sorted(set(exs) - graded)
     if missing:
-        raise PicoLLMError(f"{lesson}: no `name = check_name(name)` line for {missing}: the nbgrader course needs "
-                           "each exercise's check on a line of its own")
+        raise PicoLLMError(f"{lesson}: no line `x = check_NAME(x)` calls the check of {', '.join(missing)}: the "
+                           "nbgrader course makes each such line a graded cell, so write the check call on a line of "
+                           "its own, assigning what it returns (keyword arguments such as quiet=True may follow x)")
     header = _nbgrader_header(lesson, list(exs.values()))
     cells.insert(1 if cells and cells[0]["cell_type"] == "markdown" else 0, header)
     meta = {k: v for k, v in nb.get("metadata", {}).items() if k not in ("widgets",)}

@@ -7,7 +7,9 @@ Every file under SUBMISSIONS_DIR is one student's hand-in: `alice.ipynb`, or `al
 another, in a temporary folder with the smoke profile and a time limit; a cell that raises does not
 stop it (as under nbgrader), so every exercise's check gets its turn. The checks append their
 verdicts to a file the run names ($PICOLLM_VERDICTS, see checks/_core.py), so the sheet holds the
-checks' own words, never a parse of the outputs.
+checks' own words, never a parse of the outputs; an exercise's first verdict counts (its check cell).
+The notebook's code runs as handed in: unlike nbgrader, which restores its locked test cells, this
+trusts that the student left the check calls alone.
 
 grades.csv has one row per student and exercise: the result (passed or failed), the check's status
 and first message line, the points (the nbgrader course's: the difficulty), and the notebook's run
@@ -156,12 +158,12 @@ def grade_one(student: str, path: Path, folder: Path, work: Path, timeout: float
     expected = expected_exercises(nb, lesson, root)
     run = run_notebook(nb, work, timeout)
     seconds = round(run.seconds, 1)
-    last = {}  # the last verdict of each exercise (a student may have run a check twice)
+    first = {}  # each exercise's first verdict: its check cell, right after it (a later call does not count)
     for v in run.verdicts:
-        last[v["name"]] = v
+        first.setdefault(v["name"], v)
     rows = []
-    for exercise, pts in expected + [(n, 0) for n in last if n not in dict(expected)]:
-        v = last.get(exercise)
+    for exercise, pts in expected + [(n, 0) for n in first if n not in dict(expected)]:
+        v = first.get(exercise)
         if v is None:
             why = run.detail or "the notebook ended before this exercise's check ran (its check call was removed?)"
             rows.append(Row(student, name, lesson, exercise, "failed", "not reached", 0, pts, why, seconds))
@@ -171,7 +173,7 @@ def grade_one(student: str, path: Path, folder: Path, work: Path, timeout: float
                             pts if ok else 0, pts, v["message"].split("\n")[0], seconds))
     if run.problem:
         rows.append(Row(student, name, lesson, NOTEBOOK_ROW, "failed", run.problem, 0, 0, run.detail, seconds))
-    if not expected and not last and not run.problem:
+    if not expected and not first and not run.problem:
         rows.append(Row(student, name, lesson, NOTEBOOK_ROW, "failed", "no exercises", 0, 0,
                         "ran, but no exercise check was found in it (is it a lesson of the kit?)", seconds))
     return rows
