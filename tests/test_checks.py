@@ -538,3 +538,95 @@ def test_the_sampling_distribution_check_passes_a_correct_one_in_any_float_dtype
 
     for right in (in_float64, by_hand):
         assert CHECKS["sampling_distribution"].run(right).passed, right.__name__
+
+
+# masked_loss (lesson 01) and kgram_windows (lesson 02) ------------------------------------------------------------
+
+def _pad_as_class_0(targets):
+    return targets.masked_fill(targets == -100, 0)
+
+
+def loss_counts_padding(logits, targets):           # the padded positions scored as if their target were token 0
+    return F.cross_entropy(logits.flatten(0, 1), _pad_as_class_0(targets).flatten())
+
+
+def loss_over_all_positions(logits, targets):       # the real tokens' loss summed, but divided by B*T
+    nll = -logits.log_softmax(-1).gather(-1, _pad_as_class_0(targets)[..., None])[..., 0]
+    return (nll * (targets != -100)).sum() / targets.numel()
+
+
+def loss_mean_of_row_means(logits, targets):        # each row's mean, then the mean of the rows
+    nll = -logits.log_softmax(-1).gather(-1, _pad_as_class_0(targets)[..., None])[..., 0]
+    mask = (targets != -100).float()
+    return ((nll * mask).sum(1) / mask.sum(1)).mean()
+
+
+def loss_summed(logits, targets):                   # a sum, not a mean
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+
+
+def loss_as_float(logits, targets):                 # .item(): the number is right, but training cannot use it
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+
+
+def loss_masks_token_0(logits, targets):            # treats token id 0 as padding too
+    return F.cross_entropy(logits.flatten(0, 1), _pad_as_class_0(targets).flatten(), ignore_index=0)
+
+
+def windows_exclude_current(idx, k, pad_id):        # tokens t-k..t-1: the target's own predecessor is missing
+    return F.pad(idx, (k, 0), value=pad_id)[:, :-1].unfold(1, k, 1)
+
+
+def windows_padded_with_zero(idx, k, pad_id):       # 0 instead of pad_id before the start of the text
+    return F.pad(idx, (k - 1, 0), value=0).unfold(1, k, 1)
+
+
+def windows_reversed(idx, k, pad_id):               # the newest token first
+    return F.pad(idx, (k - 1, 0), value=pad_id).unfold(1, k, 1).flip(-1)
+
+
+def windows_right_padded(idx, k, pad_id):           # tokens t..t+k-1: the window reads the future
+    return F.pad(idx, (0, k - 1), value=pad_id).unfold(1, k, 1)
+
+
+def windows_loop_off_by_one(idx, k, pad_id):        # a loop that starts each window one position late
+    B, T = idx.shape
+    out = torch.full((B, T, k), pad_id, dtype=idx.dtype)
+    for t in range(T):
+        for j in range(k):
+            src = t - k + 2 + j
+            if 0 <= src < T:
+                out[:, t, j] = idx[:, src]
+    return out
+
+
+WRONG["masked_loss"] = [loss_counts_padding, loss_over_all_positions, loss_mean_of_row_means, loss_summed,
+                        loss_as_float, loss_masks_token_0]
+WRONG["kgram_windows"] = [windows_exclude_current, windows_padded_with_zero, windows_reversed, windows_right_padded,
+                          windows_loop_off_by_one]
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n in ("masked_loss", "kgram_windows") for w in WRONG[n]],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_the_padding_mask_and_window_checks_fail_plausible_mistakes(name, wrong):
+    v = CHECKS[name].run(wrong)
+    assert v.status == "failed", f"{wrong.__name__} passed the {name} check ({v.message})"
+    assert v.message.startswith(f"{name}: failed case ")
+
+
+def test_the_padding_mask_and_window_checks_pass_correct_hand_written_versions():
+    def loss_by_hand(logits, targets):              # log-softmax, pick the target, mask, mean over real tokens
+        real = targets != -100
+        logp = logits.log_softmax(-1)[real]         # (N, V)
+        return -logp.gather(-1, targets[real][:, None]).mean()
+
+    def windows_by_loop(idx, k, pad_id):
+        B, T = idx.shape
+        rows = []
+        for t in range(T):
+            ctx = [idx.new_full((B,), pad_id) if s < 0 else idx[:, s] for s in range(t - k + 1, t + 1)]
+            rows.append(torch.stack(ctx, dim=1))    # (B, k)
+        return torch.stack(rows, dim=1)             # (B, T, k)
+
+    assert CHECKS["masked_loss"].run(loss_by_hand).passed
+    assert CHECKS["kgram_windows"].run(windows_by_loop).passed

@@ -14,9 +14,9 @@ overfitting (05), positions (06), interp (07), norms (08).
 """
 
 from ._core import Case, Check, CheckFailed, Verdict
-from .embedding import check_one_hot_embedding, check_training_step
+from .embedding import check_masked_loss, check_one_hot_embedding, check_training_step
 from .interp import check_previous_token_score
-from .kgram import check_kgram_logits
+from .kgram import check_kgram_logits, check_kgram_windows
 from .norms import check_block_grad_norms
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
@@ -30,8 +30,8 @@ from .transformer import (
 )
 
 CHECKS = {c.name: c for c in (
-    check_one_hot_embedding, check_training_step,
-    check_kgram_logits,
+    check_one_hot_embedding, check_masked_loss, check_training_step,
+    check_kgram_windows, check_kgram_logits,
     check_top_p_filter, check_top_k_filter, check_sampling_distribution,
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share,

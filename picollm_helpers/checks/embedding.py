@@ -1,4 +1,5 @@
-"""Lesson 01's exercises: an embedding as a one-hot product, and one training step."""
+"""Lesson 01's exercises: an embedding as a one-hot product, the loss over the real tokens only (the padding
+mask), and one training step."""
 
 import torch
 import torch.nn as nn
@@ -81,3 +82,43 @@ def _training_step_cases():
 
 check_training_step = Check(
     "training_step", training_step, _training_step_cases, observe=_steps, atol=1e-6, rtol=1e-5)
+
+
+def masked_loss(logits, targets):
+    """The kit's reference: the mean cross-entropy over the positions whose target is not padding
+    (IGNORE_INDEX), each real token weighing the same, whatever row it is in."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _observe_loss(impl, logits, targets):
+    """(the loss, its gradient with respect to the logits): a loss that training can use is a tensor that
+    backward() reaches the logits through."""
+    logits = logits.clone().requires_grad_(True)
+    loss = impl(logits, targets)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.requires_grad:
+        return loss, None       # compared with the reference's (tensor, gradient): the message says what differs
+    loss.backward()
+    return loss.detach(), logits.grad
+
+
+def _masked_loss_cases():
+    def make(seed, B, T, V, pads):
+        g = torch.Generator().manual_seed(seed)
+        logits, targets = torch.randn(B, T, V, generator=g) * 2, torch.randint(0, V, (B, T), generator=g)
+        for row, n in enumerate(pads):       # the last n targets of each row are padding
+            if n:
+                targets[row, -n:] = IGNORE_INDEX
+        return logits, targets
+
+    return [
+        Case("no padding (B=2, T=4, V=5)", lambda: make(0, 2, 4, 5, [0, 0])),
+        Case("both rows end in 2 padded targets", lambda: make(1, 2, 5, 6, [2, 2])),
+        Case("rows padded unequally: 0, 3 and 5 of 6 targets", lambda: make(2, 3, 6, 7, [0, 3, 5])),
+        Case("target id 0 is a real token here, not padding", lambda: (
+            torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]]), torch.tensor([[0, IGNORE_INDEX]]))),
+        Case("a batch (B=4, T=9, V=30), one row all real", lambda: make(3, 4, 9, 30, [1, 0, 4, 8])),
+    ]
+
+
+check_masked_loss = Check(
+    "masked_loss", masked_loss, _masked_loss_cases, observe=_observe_loss, atol=1e-6, rtol=1e-5)

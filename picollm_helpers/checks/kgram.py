@@ -1,6 +1,8 @@
-"""Lesson 02's exercise: the k-gram MLP's forward over a whole sequence."""
+"""Lesson 02's exercises: the k-gram windows as a loop over positions, and the k-gram MLP's forward over a whole
+sequence."""
 
 import torch
+import torch.nn.functional as F
 
 from ..models.kgram import KGramMLPSeqModel
 from ._core import Case, Check
@@ -35,3 +37,32 @@ def _cases():
 
 check_kgram_logits = Check(
     "kgram_logits", kgram_logits, _cases, observe=_observe, atol=1e-5, rtol=1e-4, kit_names=("kgram_forward_loop",))
+
+
+def kgram_windows(idx, k, pad_id):
+    """The kit's reference: (B, T) ids -> (B, T, k) windows, row t holding tokens t-k+1..t in order,
+    the slots before the start of the text filled with pad_id (KGramMLPSeqModel.windows)."""
+    return F.pad(idx, (k - 1, 0), value=pad_id).unfold(1, k, 1)
+
+
+def _window_cases():
+    def make(seed, B, T):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(1, 50, (B, T), generator=g)
+
+    return [
+        Case("ids [[5, 6, 7, 8]], k=3, pad_id=0", lambda: (torch.tensor([[5, 6, 7, 8]]), 3, 0)),
+        Case("ids [[5, 6, 7, 8]], k=2, pad_id=99 (the pad is not 0)", lambda: (torch.tensor([[5, 6, 7, 8]]), 2, 99)),
+        Case("k=1: each window is the current token alone", lambda: (make(1, 2, 5), 1, 0)),
+        Case("k=5 longer than the sequence (T=3)", lambda: (make(2, 2, 3), 5, 77)),
+        Case("a batch (B=3, T=8), k=3, pad_id=50", lambda: (make(3, 3, 8), 3, 50)),
+    ]
+
+
+def _observe_windows(impl, idx, k, pad_id):
+    out = impl(idx, k, pad_id)
+    return out.contiguous() if isinstance(out, torch.Tensor) else out
+
+
+check_kgram_windows = Check(
+    "kgram_windows", kgram_windows, _window_cases, observe=_observe_windows, atol=0, rtol=0)
