@@ -8,8 +8,9 @@ usually causes it, so a wrong run is told apart from an unlucky one in the lesso
     # 04_transformer.test_loss = 1.87: inside the band 1.833 to 1.907 (laptop profile, synthetic stories;
     # from seeds 0-2 of the laptop profile).
 
-`data` is "synthetic" (the kit's offline story generator) or "tinystories" (the real stories), or
-a Corpus/TokenDataset whose .source line says which. The profile is $PICOLLM_PROFILE's.
+`data` is "synthetic" (the kit's offline story generator), "tinystories" (the real stories) or
+"3seqs" (the course's integer sequences, data/3seqs.txt), or a Corpus/TokenDataset whose .source
+line says which. The profile is $PICOLLM_PROFILE's.
 
 The bands live in one readable file, `expected_bands.json` beside this module:
 
@@ -39,7 +40,7 @@ from .config import current_profile
 from .files import write_text
 
 BANDS_FILE = Path(__file__).with_name("expected_bands.json")
-DATA_KINDS = {"synthetic": "synthetic stories", "tinystories": "real TinyStories"}
+DATA_KINDS = {"synthetic": "synthetic stories", "tinystories": "real TinyStories", "3seqs": "3seqs"}
 REL_FLOOR = 0.02    # a band is at least ±2% of the mean wide: three seeds can agree by chance
 
 
@@ -116,7 +117,7 @@ ABOUT = ("Each lesson's headline number: the band that the kit's own runs give, 
 def _check_data(data) -> str:
     if data not in DATA_KINDS:
         raise ValueError(f"data={data!r} is not one of {', '.join(repr(k) for k in DATA_KINDS)} "
-                         f"(the kit's synthetic stories, or the real TinyStories).")
+                         f"(the kit's synthetic stories, the real TinyStories, or the course's 3seqs).")
     return data
 
 
@@ -129,6 +130,8 @@ def data_kind(data) -> str | None:
         return "synthetic"
     if isinstance(source, str) and source.lower().startswith("tinystories"):
         return "tinystories"
+    if isinstance(source, str) and source.startswith("3seqs"):
+        return "3seqs"
     if source is None:
         raise TypeError(f"data={data!r}: pass 'synthetic', 'tinystories', or a Corpus/TokenDataset (with .source).")
     return None

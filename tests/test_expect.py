@@ -109,3 +109,16 @@ def test_the_packaged_bands_file_loads_and_holds_only_computed_entries():
             for profile, b in per_profile.items():
                 assert {"low", "high", "mean", "sd", "n", "from", "cause_if_low", "cause_if_high"} <= set(b)
                 assert b["n"] >= 2 and b["low"] < b["mean"] < b["high"], (name, data, profile)
+
+
+def test_3seqs_has_bands_of_its_own(bands_file):
+    """3seqs numbers (lessons 01, 02, 04) are held against a 3seqs band, never a story band."""
+    set_band("02_kgram_mlp.test_loss", "3seqs", "laptop", [0.20, 0.21, 0.22], source="seeds 0-2",
+             cause_if_low="a longer run", cause_if_high="a shorter run", path=bands_file)
+    bands = load_bands(bands_file)
+    assert expect("02_kgram_mlp.test_loss", 0.21, data="3seqs", profile="laptop", bands=bands, quiet=True).ok
+    seqs_corpus = Corpus(["0 1 2"], "3seqs: 10000 integer sequences from data/3seqs.txt")
+    e = expect("02_kgram_mlp.test_loss", 0.5, data=seqs_corpus, profile="laptop", bands=bands, quiet=True)
+    assert (e.data, e.status) == ("3seqs", "high")
+    assert expect("02_kgram_mlp.test_loss", 0.21, data="synthetic", profile="laptop", bands=bands,
+                  quiet=True).status == "no band"
