@@ -267,35 +267,34 @@ def build_nbgrader(nb: dict, lesson: str) -> dict:
         new["outputs"], new["execution_count"] = [], None
         lines, found = solution_cell(_source(cell), f"{lesson}, cell {n}")
         lines = [line for line in lines if not CHECK_OUTPUT.match(line)]
-        if found:
-            new["metadata"].update(_nbgrader_meta("solution_" + "_".join(e.name for e in found), solution=True))
         pieces, rest = [], []
-        for line in lines:  # each check call becomes its own graded cell, in place
+        for line in lines:  # each exercise's (first) check call becomes its own graded cell, in place
             m = CHECK_CALL.match(line)
-            if m and m["name"] in exs:
-                if m["name"] in graded:
-                    raise PicoLLMError(f"{lesson}, cell {n}: check_{m['name']} is called twice; the nbgrader "
-                                       "course grades each exercise once")
+            if m and m["name"] in exs and m["name"] not in graded:
                 graded.add(m["name"])
                 pieces += [rest, m]
                 rest = []
             else:
                 rest.append(line)
         pieces.append(rest)
-        if found and len(pieces) > 1:
-            raise PicoLLMError(f"{lesson}, cell {n}: an exercise and a check call in the same cell; call the check "
-                               "in the cell after the exercise")
         k = 0
         for piece in pieces:
             if isinstance(piece, re.Match):
                 e = exs[piece["name"]]
                 cells.append(graded_cell(piece["target"], e.name, piece["arg"], points(e.difficulty),
                                          f"check-{e.name.replace('_', '-')}", piece["kwargs"] or ""))
-            elif "\n".join(piece).strip():
-                while piece and not piece[0].strip():
-                    piece = piece[1:]
-                cells.append({**new, "id": new["id"] if k == 0 else f"{new['id']}-{k}", "source": _join(piece)})
-                k += 1
+                continue
+            while piece and not piece[0].strip():
+                piece = piece[1:]
+            if not piece:
+                continue
+            part = {**new, "id": new["id"] if k == 0 else f"{new['id']}-{k}", "source": _join(piece),
+                    "metadata": dict(new["metadata"])}
+            if found and any("### BEGIN SOLUTION" in line for line in piece):  # the regions' part of the cell
+                grade_id = "solution_" + "_".join(e.name for e in found) + (f"_{k}" if k else "")
+                part["metadata"].update(_nbgrader_meta(grade_id, solution=True))
+            cells.append(part)
+            k += 1
     missing = sorted(set(exs) - graded)
     if missing:
         raise PicoLLMError(f"{lesson}: no line `x = check_NAME(x)` calls the check of {', '.join(missing)}: the "

@@ -124,8 +124,10 @@ def run_notebook(nb: dict, work: Path, timeout: float) -> Run:
     verdicts = work / "verdicts.jsonl"
     env = dict(os.environ, PICOLLM_PROFILE="smoke", PICOLLM_VERDICTS=str(verdicts), PICOLLM_GRADED="0",
                PICOLLM_FIGURES=str(work / "figures"), PICOLLM_RESULTS=str(work / "results"), MPLBACKEND="Agg")
+    # the kit's kernel whatever kernel the student's notebook names (a kernel of their own machine is not here)
     cmd = [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--allow-errors",
-           "--ExecutePreprocessor.timeout=-1", "--output", "executed.ipynb", "submission.ipynb"]
+           "--ExecutePreprocessor.timeout=-1", "--ExecutePreprocessor.kernel_name=python3",
+           "--output", "executed.ipynb", "submission.ipynb"]
     start = time.perf_counter()
     # its own process group: on a timeout the kernel goes with nbconvert
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
