@@ -10,13 +10,18 @@ the student's code when it passed, the kit's reference otherwise, so a lesson wh
 not done yet still runs to the end. `CHECKS[name].run(fn)` gives the Verdict without printing.
 
 One file per lesson topic: embedding (01), kgram (02), sampling (03), transformer (04),
-overfitting (05), positions (06), interp (07), norms (08).
+overfitting (05), positions (06), interp (07), norms (08), linear_attention (10).
 """
 
 from ._core import Case, Check, CheckFailed, Verdict
 from .embedding import check_masked_loss, check_one_hot_embedding, check_training_step
 from .interp import check_previous_token_score
 from .kgram import check_kgram_logits, check_kgram_windows
+from .linear_attention import (
+    check_causal_linear_attention,
+    check_gated_delta_recurrent,
+    check_linear_attention_recurrent,
+)
 from .norms import check_block_grad_norms
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
@@ -38,6 +43,7 @@ CHECKS = {c.name: c for c in (
     check_sinusoidal_encoding,
     check_block_grad_norms,
     check_previous_token_score,
+    check_causal_linear_attention, check_linear_attention_recurrent, check_gated_delta_recurrent,
 )}
 
 __all__ = ["CHECKS", "Case", "Check", "CheckFailed", "Verdict", *(f"check_{name}" for name in CHECKS)]
