@@ -12,7 +12,7 @@ from submissions import fake_submissions, lesson_notebook, quickest_lesson_with_
 
 from picollm_helpers.checks import CHECKS, CheckFailed
 from picollm_helpers.exercises import build_notebook, points
-from picollm_helpers.grade import NOTEBOOK_ROW, grade, submissions
+from picollm_helpers.grade import NOTEBOOK_ROW, grade, main, submissions
 
 LESSON = quickest_lesson_with_two_exercises()
 
@@ -100,6 +100,18 @@ def test_students_are_named_by_their_file_or_their_folder(tmp_path):
         (tmp_path / rel).write_text("{}")
     found = [(s, p.name) for s, p in submissions(tmp_path)]
     assert found == [("alice", "alice.ipynb"), ("bob", "05_overfitting.ipynb")]
+
+
+def test_the_command_writes_the_sheet_and_sums_up_each_student(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "erin.pdf").write_bytes(b"%PDF-1.7 \xff\xfe")
+    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "grades.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "erin: 0 of 0 points, 0 of 0 exercises passed (not a notebook)" in out
+    with open(tmp_path / "grades.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["student"], row["status"], row["message"]) == ("erin", "not a notebook", "not a notebook: the file is "
+                                                                                         "not text")
 
 
 def test_the_command_refuses_an_output_inside_the_submissions(tmp_path):
