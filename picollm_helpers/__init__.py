@@ -15,6 +15,7 @@ Each concern lives in one module named for it, and imports go one way (a test ch
   sampling     top_p_filter, generate (KV cache)
   plots, progress, widgets   figures; progress bars; the notebook explorers
   interp       run_with_cache / run_with_hooks, head scores, ablation
+  monosemantic, sae      nearest tokens and k-means of embeddings; the sparse autoencoder and its measures
   results      each lesson's claims and verdicts (make report)
   timing, bench/         timing helpers; the benchmark (python -m picollm_helpers.bench)
   cli, distributed       python -m picollm_helpers; torchrun
@@ -59,6 +60,10 @@ _EXPORTS = {
     "moving_average": "plots",
     "TopPExplorer": "widgets",
     "AttentionExplorer": "widgets",
+    "FeatureExplorer": "widgets",
+    "monosemantic_analysis_for_token": "monosemantic",
+    "SparseAutoencoder": "sae",
+    "train_sae": "sae",
     "head_scores": "interp",
     "run_with_cache": "interp",
     "run_with_hooks": "interp",

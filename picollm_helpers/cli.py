@@ -13,6 +13,8 @@ Beside them, the files pico-llm itself writes, so a course's scripts that read t
     <output_dir>/loss_logs.json           {name: {"train": [[loss of each step] per epoch],
                                                   "test": [[loss of each test batch] per epoch]}}
     <output_dir>/generation_logs.json     {name: [{"greedy": text, "0.2": text, ...} per epoch]}
+                                          (with --monosemantic_enabled the last epoch also holds "monosemantic":
+                                          {sample: [[token, [[nearest token, cosine], ...]], ...]})
     <output_dir>/<name>_final_weights.pt  the model's state_dict (torch.load(..., weights_only=True))
     <output_dir>/<name>_attention.pt      the transformer's attention.pt, as above
 
@@ -175,13 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     flag(g, "prompt", "prompt for the samples", type=str)
     flag(g, "max_new_tokens", "tokens generated per sample", type=int)
     flag(g, "top_p_values", "nucleus sampling p values sampled each epoch", type=float, nargs="+")
+    g.add_argument("--monosemantic_enabled", action="store_true", default=False,
+                   help="annotate each token of the final samples with the tokens nearest to it in the model's "
+                        "embedding space (pico-llm's K-means monosemantic stub); printed, and saved under "
+                        "'monosemantic' in the last epoch of generation_logs.json")
     return p
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
     """The profile's config with every explicitly given flag applied; bad values -> parser.error (exit 2)."""
     explicit = {k: v for k, v in vars(args).items()
-                if k not in ("models", "profile", "resume", "force", "overwrite", "debug")}
+                if k not in ("models", "profile", "resume", "force", "overwrite", "debug", "monosemantic_enabled")}
     files = explicit.get("input_files") or ()
     if ("prompt" not in explicit and files and not explicit.get("tinystories_weight", 0.5)
             and not explicit.get("wiki_weight", 0.0) and all(Path(f).name == "3seqs.txt" for f in files)):
@@ -245,14 +251,39 @@ def _backup(path: Path) -> Path:
     return write_bytes(backup, path.read_bytes())
 
 
-def _save_pico_llm_files(out: Path, name: str, model, history) -> None:
-    """pico-llm's own output files for one model (see the module docstring)."""
+def _monosemantic_notes(kind: str, model, tokenizer, history, prompt: str, top_n: int = 5) -> dict:
+    """--monosemantic_enabled: each token the final samples generated after the prompt, with its top_n nearest
+    tokens in the model's embedding space: {sample key: [[token, [[neighbour, cosine], ...]], ...]}. Prints the
+    greedy sample's tokens with their 3 nearest."""
+    from .monosemantic import monosemantic_analysis_for_token
+
+    if not history.generations:
+        return {}
+    n_prompt = len(tokenizer.encode_ordinary(prompt))
+    notes = {}
+    for key, text in history.generations[max(history.generations)].items():
+        ids = tokenizer.encode_ordinary(text)[n_prompt:]     # the generated tokens (the text re-encoded)
+        notes[key.removeprefix("top_p=")] = [
+            [tokenizer.decode([i]), [list(nb) for nb in monosemantic_analysis_for_token(i, model, tokenizer, top_n)]]
+            for i in ids]
+    greedy = notes.get("greedy", [])
+    print(f"[{kind}] monosemantic: each greedy token [its 3 nearest tokens in the embedding space]:")
+    print("  " + " ".join(f"{tok!r}[{', '.join(repr(n) for n, _ in nbs[:3])}]" for tok, nbs in greedy))
+    return notes
+
+
+def _save_pico_llm_files(out: Path, name: str, model, history, monosemantic: dict | None = None) -> None:
+    """pico-llm's own output files for one model (see the module docstring); with monosemantic notes, the
+    last epoch's generations carry them under "monosemantic"."""
     import torch
 
     from .files import atomic_write
 
     names = _update_json(out / "loss_logs.json", name, history.pico_llm_losses())
-    _update_json(out / "generation_logs.json", name, history.pico_llm_generations())
+    generations = history.pico_llm_generations()
+    if monosemantic and generations:
+        generations[-1]["monosemantic"] = monosemantic
+    _update_json(out / "generation_logs.json", name, generations)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}   # a plain state_dict
     with atomic_write(out / f"{name}_final_weights.pt", "wb") as f:
         torch.save(weights, f)
@@ -476,12 +507,13 @@ def _main(cfg: RunConfig, args) -> int:
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not dist.is_main else contextlib.nullcontext()
     with quiet:
         check_output_dir(cfg, args.models, resume=args.resume, overwrite=args.overwrite)
-        _run(cfg, args.models, args.resume, dist, force=args.force)
+        _run(cfg, args.models, args.resume, dist, force=args.force,
+             monosemantic=getattr(args, "monosemantic_enabled", False))
     distributed.cleanup()
     return 0
 
 
-def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False) -> None:
+def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False, monosemantic: bool = False) -> None:
     import torch
 
     from .batching import make_datasets
@@ -521,7 +553,8 @@ def _run(cfg: RunConfig, names, resume: bool, dist, force: bool = False) -> None
                 _save_attention(model, tokenizer, cfg, [out / kind / "attention.pt", out / f"{name}_attention.pt"],
                                 out / kind)
             print(f"[{kind}] outputs in {out / kind}")
-            _save_pico_llm_files(out, name, model, history)
+            notes = _monosemantic_notes(kind, model, tokenizer, history, cfg.prompt) if monosemantic else None
+            _save_pico_llm_files(out, name, model, history, notes)
         _training.clear()
     if dist.is_main and len(histories) > 1:
         from .plots import plot_runs

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 
 # Bump when the templates change, so on-disk caches of the corpus are rebuilt.
 GENERATOR_VERSION = 1
@@ -1275,25 +1276,99 @@ STORY_STEPS = {name: OPENING + steps + [("choose", "moral", MORALS[name])] + END
                for name, steps in ARC_STEPS.items()}
 
 
-def make_story(rng: random.Random) -> str:
+def _story_and_slots(rng: random.Random) -> tuple[str, Slots]:
+    """One story and the slots it was told from (the moral's included): the same draws as make_story."""
     slots = Slots(caps(make_context(rng)))
     arc = choose(rng, ARC_NAMES)
-    return " ".join(tell(STORY_STEPS[arc], rng, slots))
+    return " ".join(tell(STORY_STEPS[arc], rng, slots)), slots
+
+
+def make_story(rng: random.Random) -> str:
+    return _story_and_slots(rng)[0]
+
+
+def _distinct_stories(n: int, seed: int):
+    """The first n distinct (story, slots) of this seed: story k has its own generator."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n={n!r}: the number of stories must be an integer >= 0, e.g. n=20000")
+    seen, k = set(), 0
+    while len(seen) < n:
+        # Each story has its own generator, so story k never depends on how many are asked for.
+        story, slots = _story_and_slots(random.Random(f"picollm-stories:{seed}:{k}"))
+        k += 1
+        if story not in seen:  # rare collisions are skipped, keeping the prefix property
+            seen.add(story)
+            yield story, slots
 
 
 def generate_stories(n: int, seed: int = 0) -> list[str]:
     """The first n distinct synthetic stories for this seed (deterministic, independent of n)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n={n!r}: the number of stories must be an integer >= 0, e.g. n=20000")
-    out, seen, k = [], set(), 0
-    while len(out) < n:
-        # Each story has its own generator, so story k never depends on how many are asked for.
-        story = make_story(random.Random(f"picollm-stories:{seed}:{k}"))
-        k += 1
-        if story not in seen:  # rare collisions are skipped, keeping the prefix property
-            seen.add(story)
-            out.append(story)
-    return out
+    return [story for story, _ in _distinct_stories(n, seed)]
+
+
+# ----------------------------------------------------------------------------------------------
+# What each word is: labels from the tables the story's words were drawn from
+
+# The concepts a story's slots carry, in the order of their ids (0, 1, ...).
+CONCEPTS = ("person name", "pet name", "animal", "object", "colour", "place", "feeling", "treat", "parent",
+            "moral")
+_PET_NAMES = frozenset(PET_NAMES)
+_COLORS = frozenset(COLORS)
+
+
+def _slot_concepts(slots: dict) -> list[tuple[str, str]]:
+    """(value, concept) for every slot of a story that holds a word of one of the CONCEPTS.
+
+    A later pair wins where two cover the same characters, so the moral comes first: a parent named
+    inside a moral ("listen to your mom") is labelled parent."""
+    pairs = [(slots["moral"], "moral")] if "moral" in slots else []
+    for who in ("name", "fname"):
+        pairs.append((slots[who], "pet name" if slots[who] in _PET_NAMES else "person name"))
+    for kind in ("kind", "fkind"):
+        if slots[kind] not in ("girl", "boy"):   # an animal character: its species
+            pairs.append((slots[kind], "animal"))
+    pairs += [(slots["animal"], "animal"), (slots["obj"], "object"), (slots["treats"], "treat"),
+              (slots["parent"], "parent")]
+    if slots["obj_adj"] in _COLORS:
+        pairs.append((slots["obj_adj"], "colour"))
+    pairs += [(slots[k], "place") for k in ("place", "place2", "place3")]
+    pairs += [(slots[k], "feeling") for k in ("happy", "happy2", "sad", "scared")]
+    return pairs
+
+
+def story_labels(text: str, slots: dict) -> list[tuple[int, int, str]]:
+    """Character spans (start, end, concept) of the words in `text` that hold one of the story's slots.
+
+    A slot's value is found wherever it stands as whole words (its first letter in either case, for
+    a sentence that starts with it). Spans do not overlap: where two would, the later slot of
+    _slot_concepts wins the characters it covers."""
+    owner = [None] * len(text)
+    for value, concept in _slot_concepts(slots):
+        forms = {value, value[:1].upper() + value[1:]}
+        pattern = r"(?<![A-Za-z])(?:" + "|".join(re.escape(f) for f in sorted(forms)) + r")(?![A-Za-z])"
+        for m in re.finditer(pattern, text):
+            owner[m.start():m.end()] = [concept] * (m.end() - m.start())
+    spans, i = [], 0
+    while i < len(text):
+        if owner[i] is None:
+            i += 1
+            continue
+        j = i
+        while j < len(text) and owner[j] == owner[i]:
+            j += 1
+        spans.append((i, j, owner[i]))
+        i = j
+    return spans
+
+
+def generate_labelled_stories(n: int, seed: int = 0) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """generate_stories(n, seed), each story with its labels: [(text, [(start, end, concept), ...])].
+
+    The texts are exactly generate_stories(n, seed)'s; the labels say which characters hold a word
+    the generator drew from a table for that story (a hero's or friend's name, a pet's name, an
+    animal, the object, its colour, a place, a feeling, the treat, the parent, the moral; see
+    CONCEPTS), so what a model's units respond to can be held against the truth."""
+    return [(story, story_labels(story, slots)) for story, slots in _distinct_stories(n, seed)]
 
 
 if __name__ == "__main__":

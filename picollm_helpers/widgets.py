@@ -2,6 +2,8 @@
 
 - `TopPExplorer`: type a prompt, move p, temperature and top-k; see which next tokens the nucleus
   keeps (with their probabilities) and a continuation sampled with those settings.
+- `FeatureExplorer`: pick a neuron or an SAE feature; see its top contexts with the activating tokens
+  shaded, its best concept when tokens are labelled, and its activation histogram.
 - `AttentionExplorer`: type a prompt, pick a layer and a head; see the attention heatmap (or every
   head of the layer at once), the head's scores beside it, for each query token the tokens it
   attends to most, and, with "ablate this head", how the next-token distribution changes when
@@ -316,6 +318,101 @@ class AttentionExplorer:
                  f"<th>most-attended keys (weight), layer {self.layer.value} head {self.head.value}</th></tr>"
                  f"{rows}</table>")
         _show(self.out, beside, table)
+
+    def _ipython_display_(self):
+        display(self.widget)
+
+
+class FeatureExplorer:
+    """Pick a basis (neurons, SAE features, ...) and a unit: see the unit's top-activating contexts, the
+    activating tokens shaded by how strongly it fires (the top token boxed), its best concept when the
+    tokens carry labels, and the histogram of its activations.
+
+    acts: {basis name: (N, U) activations, one row per token}; tokens: the N tokens' texts, in the order
+    of the rows (consecutive tokens are neighbours in the text); labels: optional (N,) concept ids (-1
+    for none) with `concepts` their names. The state of the last redraw is kept on the object
+    (`contexts`, `best_concept`, `purity`, `n_active`, `error`) so it can be tested without a browser.
+    """
+
+    def __init__(self, acts: dict, tokens: list[str], *, labels=None, concepts=(), basis: str | None = None,
+                 unit: int = 0, top_k: int = 8, width: int = 12):
+        if not acts:
+            raise ValueError("acts is empty: give {basis name: (N, U) activations}, e.g. {'neurons': A}")
+        for name, a in acts.items():
+            if a.ndim != 2 or a.size(0) != len(tokens):
+                raise ValueError(f"acts[{name!r}] has shape {tuple(a.shape)}: it needs one row per token "
+                                 f"({len(tokens)} tokens given)")
+        self.acts, self.tokens, self.top_k, self.width = acts, tokens, top_k, width
+        self.labels = None if labels is None else torch.as_tensor(labels)
+        self.concepts = list(concepts)
+        basis = basis or next(iter(acts))
+        self.basis = W.Dropdown(options=list(acts), value=basis, description="basis")
+        self.unit = W.BoundedIntText(value=unit, min=0, max=acts[basis].size(1) - 1, description="unit")
+        self.slider = W.IntSlider(value=unit, min=0, max=acts[basis].size(1) - 1, description="",
+                                  continuous_update=False)
+        W.jslink((self.unit, "value"), (self.slider, "value"))
+        self.out = W.Output()
+        self.contexts: list[tuple[int, float, str]] = []   # (position, activation, context text)
+        self.best_concept: str | None = None
+        self.purity: float | None = None
+        self.n_active = 0
+        self.error: str | None = None
+        self.basis.observe(self._basis_changed, names="value")
+        self.unit.observe(lambda change: self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.basis, self.unit, self.slider]), self.out])
+        self.update()
+
+    def _basis_changed(self, change) -> None:
+        n = self.acts[self.basis.value].size(1)
+        if self.unit.value > n - 1:
+            self.unit.value = 0                              # redraws through the unit's observer
+        self.unit.max, self.slider.max = n - 1, n - 1
+        self.update()
+
+    def update(self) -> None:
+        from .monosemantic import context_html, context_text
+
+        self.error = None
+        try:
+            a = self.acts[self.basis.value]
+            u = int(self.unit.value)
+            if not 0 <= u < a.size(1):
+                raise ValueError(f"unit {u} is outside 0..{a.size(1) - 1} of {self.basis.value}")
+            col = a[:, u].float()
+            vals, pos = col.topk(min(self.top_k, len(col)))
+            self.n_active = int((col > 0).sum())
+            self.contexts = [(int(p), float(v), context_text(self.tokens, int(p), self.width))
+                             for p, v in zip(pos, vals)]
+            self.best_concept, self.purity = None, None
+            head = (f"<b>{html.escape(self.basis.value)}, unit {u}</b>: fires (&gt; 0) on {self.n_active:,} of "
+                    f"{len(col):,} tokens; largest activation {float(vals[0]):.3g}")
+            if self.labels is not None and self.concepts:
+                lab = self.labels[pos]
+                counts = torch.bincount(lab[lab >= 0], minlength=len(self.concepts))
+                if counts.sum() > 0:
+                    c = int(counts.argmax())
+                    self.best_concept, self.purity = self.concepts[c], float(counts[c]) / len(pos)
+                    head += (f"<br/>best concept among its top {len(pos)}: <b>{html.escape(self.best_concept)}"
+                             f"</b> ({self.purity:.0%} of them)")
+                else:
+                    head += f"<br/>none of its top {len(pos)} tokens carries a concept label"
+            vmax = max(float(vals[0]), 1e-9)
+            values = col.tolist()
+            lines = "".join(
+                f"<div class='picollm-context'>{v:.3g} &nbsp; {context_html(self.tokens, values, p, self.width, vmax)}"
+                f"</div>" for p, v, _ in self.contexts)
+            fig, ax = plt.subplots(figsize=(6, 2.6))
+            active = col[col > 0]
+            ax.hist(active.numpy() if len(active) else [0.0], bins=40, color="tab:orange")
+            ax.set_yscale("log")
+            ax.set(title=f"{self.basis.value} {u}: activations where it fires",
+                   xlabel="activation (model units)", ylabel="tokens (log scale)")
+            fig.tight_layout()
+            _show(self.out, f"<div class='picollm-unit'>{head}</div>", lines, fig)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.contexts = []
+            _show(self.out, _error_html(exc))
 
     def _ipython_display_(self):
         display(self.widget)

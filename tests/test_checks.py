@@ -298,6 +298,94 @@ def sinusoidal_float32_cast(pos, dim):
     return sinusoidal_float32(pos, dim).double()  # float64 dtype, float32 precision: off at large positions
 
 
+# lesson 09: the sparse autoencoder's pieces
+
+def sae_encode_no_b_dec(x, W_enc, b_enc, b_dec, k=None):
+    return torch.relu(x @ W_enc + b_enc)  # the decoder bias is not subtracted first
+
+
+def sae_encode_ignores_k(x, W_enc, b_enc, b_dec, k=None):
+    return torch.relu((x - b_dec) @ W_enc + b_enc)  # TopK asked for, plain ReLU given
+
+
+def sae_encode_topk_wrong_dim(x, W_enc, b_enc, b_dec, k=None):
+    pre = (x - b_dec) @ W_enc + b_enc
+    if k is None:
+        return torch.relu(pre)
+    top = pre.topk(min(k, pre.size(0)), dim=0)  # the top tokens of each feature, not the top features of a token
+    return torch.zeros_like(pre).scatter(0, top.indices, torch.relu(top.values))
+
+
+def sae_encode_topk_no_relu(x, W_enc, b_enc, b_dec, k=None):
+    pre = (x - b_dec) @ W_enc + b_enc
+    if k is None:
+        return torch.relu(pre)
+    top = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, top.values)  # negative activations kept
+
+
+def normalize_decoder_columns(W_dec):
+    return W_dec / W_dec.norm(dim=0, keepdim=True)  # each input dimension, not each feature
+
+
+def normalize_decoder_whole(W_dec):
+    return W_dec / W_dec.norm()  # one norm for the whole matrix
+
+
+def normalize_decoder_squared(W_dec):
+    return W_dec / W_dec.pow(2).sum(1, keepdim=True)  # divided by the squared norm
+
+
+def sae_loss_mse_mean(x, x_hat, f, l1_coeff):
+    recon = F.mse_loss(x_hat, x)  # averaged over d_in too
+    sparsity = l1_coeff * f.abs().sum(-1).mean()
+    return recon + sparsity, recon, sparsity
+
+
+def sae_loss_l1_mean_features(x, x_hat, f, l1_coeff):
+    recon = (x_hat - x).pow(2).sum(-1).mean()
+    sparsity = l1_coeff * f.abs().mean()  # averaged over the features instead of summed
+    return recon + sparsity, recon, sparsity
+
+
+def sae_loss_l2_penalty(x, x_hat, f, l1_coeff):
+    recon = (x_hat - x).pow(2).sum(-1).mean()
+    sparsity = l1_coeff * f.pow(2).sum(-1).mean()  # L2, which does not make f sparse
+    return recon + sparsity, recon, sparsity
+
+
+def _resample(W_enc, b_enc, W_dec, dead, x, x_hat, enc_scale, *, best=False, use_input=False, unit=True,
+              reset_bias=True):
+    W_enc, b_enc, W_dec = W_enc.clone(), b_enc.clone(), W_dec.clone()
+    idx = dead.nonzero().flatten()
+    if len(idx) == 0:
+        return W_enc, b_enc, W_dec
+    r = x if use_input else x - x_hat
+    order = (x - x_hat).pow(2).sum(-1).argsort(descending=not best)[: len(idx)]
+    d = r[order] / r[order].norm(dim=-1, keepdim=True) if unit else r[order]
+    W_dec[idx] = d
+    W_enc[:, idx] = d.T * enc_scale
+    if reset_bias:
+        b_enc[idx] = 0.0
+    return W_enc, b_enc, W_dec
+
+
+def resample_best_inputs(*a):
+    return _resample(*a, best=True)  # the inputs the SAE already reconstructs best
+
+
+def resample_from_inputs(*a):
+    return _resample(*a, use_input=True)  # the input itself, not what the SAE misses of it
+
+
+def resample_not_unit(*a):
+    return _resample(*a, unit=False)  # decoder rows no longer of unit norm
+
+
+def resample_keeps_bias(*a):
+    return _resample(*a, reset_bias=False)  # a dead feature's negative bias keeps it dead
+
+
 WRONG = {
     "block_grad_norms": [grad_norms_summed, grad_norms_attention_only, grad_norms_of_weights, grad_norms_as_list,
                          grad_norms_float32],
@@ -314,6 +402,10 @@ WRONG = {
     "transformer_block": [BlockAlwaysPreNorm, BlockNoResidual],
     "kv_cache_step": [cache_without_mask, cache_mask_top_left, cache_forgets_past],
     "previous_token_score": [prev_score_includes_query_0, prev_score_reads_self, prev_score_wrong_axis],
+    "sae_encode": [sae_encode_no_b_dec, sae_encode_ignores_k, sae_encode_topk_wrong_dim, sae_encode_topk_no_relu],
+    "normalize_decoder": [normalize_decoder_columns, normalize_decoder_whole, normalize_decoder_squared],
+    "sae_loss": [sae_loss_mse_mean, sae_loss_l1_mean_features, sae_loss_l2_penalty],
+    "resample_dead": [resample_best_inputs, resample_from_inputs, resample_not_unit, resample_keeps_bias],
     "ngram_share": [ngram_share_joined_reference, ngram_share_unique, ngram_share_mean_of_samples,
                     ngram_share_misses_last],
 }

@@ -260,3 +260,31 @@ def test_pico_llm_names_name_the_models_in_pico_llm_files(course, capsys):
     losses = json.loads((work / "out" / "loss_logs.json").read_text())
     assert list(losses) == ["kvcache_transformer", "lstm", "lstm_seq"] and len(losses["lstm_seq"]["train"]) == 1
     assert "(models: kvcache_transformer, lstm, lstm_seq)" in out
+
+
+def test_monosemantic_enabled_annotates_each_generated_token(course, capsys):
+    """pico-llm's --monosemantic_enabled: every token of the final samples, after the prompt, with its 5 nearest
+    tokens in the model's embedding space (the cosine similarities of monosemantic_analysis_for_token), printed and
+    saved in generation_logs.json; without the flag the file holds no such key."""
+    work, env, argv = course
+    code, out, err = run_cli(argv + ["--monosemantic_enabled"], work, env, capsys)
+    assert code == 0, err
+    assert "[lstm] monosemantic: each greedy token [its 3 nearest tokens in the embedding space]:" in out
+    last = json.loads((work / "out" / "generation_logs.json").read_text())["lstm"][-1]
+    notes = last["monosemantic"]
+    assert set(notes) == {k for k in last if k != "monosemantic"} and notes["greedy"]
+    model = torch.load(work / "out" / "lstm_final_weights.pt", weights_only=True)
+    emb = model["embedding.weight"]
+    for token, neighbours in notes["greedy"]:
+        assert len(neighbours) == 5 and all(-1.0 <= s <= 1.0 for _, s in neighbours)
+        assert [s for _, s in neighbours] == sorted((s for _, s in neighbours), reverse=True)
+        assert token not in [n for n, _ in neighbours]
+    # the similarities are the saved model's own: some token's 5 largest cosines to the others are exactly them
+    cos = torch.nn.functional.normalize(emb, dim=-1) @ torch.nn.functional.normalize(emb, dim=-1).T
+    cos.fill_diagonal_(-2.0)
+    top5 = cos.topk(5, dim=-1).values                                          # (V, 5)
+    saved = torch.tensor([s for _, s in notes["greedy"][0][1]])
+    assert ((top5 - saved).abs().max(-1).values < 1e-3).any()
+    code, out, err = run_cli(argv + ["--overwrite"], work, env, capsys)
+    last = json.loads((work / "out" / "generation_logs.json").read_text())["lstm"][-1]
+    assert code == 0 and "monosemantic" not in last

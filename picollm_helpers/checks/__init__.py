@@ -10,7 +10,7 @@ the student's code when it passed, the kit's reference otherwise, so a lesson wh
 not done yet still runs to the end. `CHECKS[name].run(fn)` gives the Verdict without printing.
 
 One file per lesson topic: embedding (01), kgram (02), sampling (03), transformer (04),
-overfitting (05), positions (06), interp (07), norms (08), linear_attention (10).
+overfitting (05), positions (06), interp (07), norms (08), sae (09), linear_attention (10).
 """
 
 from ._core import Case, Check, CheckFailed, Verdict
@@ -25,6 +25,7 @@ from .linear_attention import (
 from .norms import check_block_grad_norms
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
+from .sae import check_normalize_decoder, check_resample_dead, check_sae_encode, check_sae_loss
 from .sampling import check_sampling_distribution, check_top_k_filter, check_top_p_filter
 from .transformer import (
     check_attention_head,
@@ -44,6 +45,7 @@ CHECKS = {c.name: c for c in (
     check_block_grad_norms,
     check_previous_token_score,
     check_causal_linear_attention, check_linear_attention_recurrent, check_gated_delta_recurrent,
+    check_sae_encode, check_normalize_decoder, check_sae_loss, check_resample_dead,
 )}
 
 __all__ = ["CHECKS", "Case", "Check", "CheckFailed", "Verdict", *(f"check_{name}" for name in CHECKS)]
