@@ -108,3 +108,24 @@ def test_kmeans_finds_planted_clusters():
 
 def test_context_text_brackets_the_centre():
     assert context_text(["a", " b", " c", " d"], 1, width=1) == "a[ b] c d"
+
+
+def test_feature_explorer_shows_a_units_top_contexts_and_its_concept():
+    from picollm_helpers.widgets import FeatureExplorer
+
+    tokens = ["Once", " a", " dog", " named", " Pip", ".", " Pip", " ran", "."]
+    labels = torch.tensor([-1, -1, 2, -1, 1, -1, 1, -1, -1])
+    feats = torch.zeros(9, 3)
+    feats[[4, 6], 1] = torch.tensor([2.0, 1.5])              # feature 1: pets' names
+    neurons = torch.rand(9, 2, generator=torch.Generator().manual_seed(0))
+    ex = FeatureExplorer({"features": feats, "neurons": neurons}, tokens, labels=labels, concepts=CONCEPTS,
+                         unit=1, top_k=2)
+    assert ex.error is None and [p for p, _, _ in ex.contexts] == [4, 6]
+    assert ex.best_concept == "pet name" and ex.purity == 1.0 and ex.n_active == 2
+    assert "[ Pip]" in ex.contexts[0][2]
+    ex.basis.value = "neurons"                               # unit 1 exists there too
+    assert ex.error is None and ex.unit.max == 1 and len(ex.contexts) == 2
+    ex.unit.value = 0
+    assert ex.contexts[0][0] == int(neurons[:, 0].argmax())
+    with pytest.raises(ValueError, match="one row per token"):
+        FeatureExplorer({"bad": torch.zeros(3, 2)}, tokens)
