@@ -283,13 +283,16 @@ def build_nbgrader(nb: dict, lesson: str) -> dict:
                 e = exs[piece["name"]]
                 cells.append(graded_cell(piece["target"], e.name, piece["arg"], points(e.difficulty),
                                          f"check-{e.name.replace('_', '-')}", piece["kwargs"] or ""))
+                if nb.get("nbformat_minor", 0) < 5:  # cell ids came with nbformat 4.5
+                    del cells[-1]["id"]
                 continue
             while piece and not piece[0].strip():
                 piece = piece[1:]
             if not piece:
                 continue
-            part = {**new, "id": new["id"] if k == 0 else f"{new['id']}-{k}", "source": _join(piece),
-                    "metadata": dict(new["metadata"])}
+            part = {**new, "source": _join(piece), "metadata": dict(new["metadata"])}
+            if "id" in new and k:
+                part["id"] = f"{new['id']}-{k}"
             if found and any("### BEGIN SOLUTION" in line for line in piece):  # the regions' part of the cell
                 grade_id = "solution_" + "_".join(e.name for e in found) + (f"_{k}" if k else "")
                 part["metadata"].update(_nbgrader_meta(grade_id, solution=True))
