@@ -95,3 +95,35 @@ def train_recall(attention: str, n_pairs: int, seed: int, *, steps: int = 300, b
     accuracy = float((pred[scored] == y[scored]).float().mean())
     return RecallRun(attention, n_pairs, seed, accuracy, float(sum(losses[-20:]) / len(losses[-20:])), train_time,
                      sum(p.numel() for p in model.parameters()))
+
+
+def memory_recall(attention: str, n_pairs: int, head_dim: int = 16, *, seed: int = 0, trials: int = 64) -> float:
+    """The memory alone, untrained: store n_pairs random (key, value) pairs in one head, query every
+    key, and count a hit when the output is closer (cosine) to the key's own value than to any other
+    stored value. Returns the share of hits (chance: 1 / n_pairs).
+
+    softmax: the cached keys and values, softmax(q K^T / sqrt(d)) V (keys N(0, 1) per entry);
+    linear: the state (S, z) of causal linear attention after the pairs, read with phi(q);
+    gated_delta: the delta rule's state (alpha = beta = 1: no forgetting, full writes, unit keys).
+    """
+    from .models.linear_attention import feature_map, gated_delta_recurrent, linear_attention_recurrent
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + n_pairs)
+    k = torch.randn(trials, 1, n_pairs, head_dim, generator=g, dtype=torch.float64)  # (B, H=1, N, d)
+    v = torch.randn(trials, 1, n_pairs, head_dim, generator=g, dtype=torch.float64)
+    if attention == "softmax":
+        y = (k @ k.transpose(-2, -1) / head_dim ** 0.5).softmax(-1) @ v                # every key queried
+    elif attention == "linear":
+        _, S, z = linear_attention_recurrent(k, k, v)                                  # store the pairs
+        q = feature_map(k)
+        y = (q @ S) / (q @ z.unsqueeze(-1))                                            # then read them
+    elif attention == "gated_delta":
+        k = F.normalize(k, dim=-1)
+        ones = torch.ones(trials, 1, n_pairs, dtype=torch.float64)
+        _, S = gated_delta_recurrent(k, k, v, ones, ones)
+        y = k @ S
+    else:
+        raise ValueError(f"attention={attention!r}: use softmax, linear or gated_delta")
+    cos = F.normalize(y, dim=-1) @ F.normalize(v, dim=-1).transpose(-2, -1)            # (B, 1, N, N)
+    hits = cos.argmax(-1) == torch.arange(n_pairs)
+    return float(hits.double().mean())

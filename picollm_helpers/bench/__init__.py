@@ -1,4 +1,4 @@
-"""Speed measurements that print ratios: `python -m picollm_helpers.bench [quick|speed|full|train|models|data|all]`.
+"""Speed measurements that print ratios: `python -m picollm_helpers.bench [quick|speed|...|attention|all]`.
 
 quick   about a minute: the machine (CPU, torch's CPU capability, threads), the laptop profile's
         training step and its MFU, greedy generation at batch 1 against the weight-read time (MET or
@@ -21,6 +21,8 @@ train   the real train() for a few hundred steps on synthetic stories: non-paddi
 models  implementations side by side: k-gram vectorized vs per-token loop, KV cache vs none,
         SDPA vs explicit attention.
 data    tokenizing 100,000 synthetic stories, first and from the cache; building batches.
+attention  per generated token (ms and state bytes) and per training step, against the context length:
+        softmax with its KV cache against linear attention and the gated delta rule (bench/attention.py).
 
 Absolute times depend on the machine and on whatever else runs on it; ratios much less. So the
 variants compared are timed in alternation, round after round (timeit_rounds), their medians
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from .attention import bench_attention
 from .compare import bench_models
 from .quick import bench_quick
 from .speed import bench_full, bench_speed, print_targets
@@ -43,7 +46,7 @@ from .tokenizing import bench_data
 from .training import bench_train
 
 CASES = {"quick": bench_quick, "speed": bench_speed, "full": bench_full, "train": bench_train, "models": bench_models,
-         "data": bench_data}
+         "data": bench_data, "attention": bench_attention}
 COMPILING = ("speed", "full", "train")   # the cases that take --no-compile
 
 
@@ -57,7 +60,8 @@ def main(argv=None):
     results = {}
     t_all = time.perf_counter()
     for name, case in CASES.items():
-        if args.case == name or (args.case == "all" and name not in ("full", "quick")):  # `speed` runs `full`
+        # `speed` runs `full`; `attention` runs on its own (a lesson-10 comparison, not a target)
+        if args.case == name or (args.case == "all" and name not in ("full", "quick", "attention")):
             print(f"== {name}")
             t0 = time.perf_counter()
             out = case(results, compile=args.compile) if name in COMPILING else case(results)

@@ -214,8 +214,9 @@ class LinearAttention(nn.Module):
     the softmax layer's qkv and proj (the same names and shapes), a learned token shift (`shift`,
     3E numbers) and, for gated_delta, `gates`: a Linear E -> 2H giving each head's alpha and beta.
 
-    forward(x, rope, cache) as CausalSelfAttention's; cache is a RecurrentState (or None). Without a
-    cache the chunked form runs; with one, the prompt and each new token continue the state.
+    forward(x, rope, cache) as CausalSelfAttention's; cache is a RecurrentState (or None). Several
+    positions at once (training, a prompt) run the chunked form, one new token the recurrent form;
+    with a cache both continue its state.
     Hook points: hook_q, hook_k, hook_v (B, H, T, hd), after the shift (and for gated_delta after
     rope and the unit-length normalisation), and hook_z (B, T, H, hd).
     """
@@ -253,10 +254,10 @@ class LinearAttention(nn.Module):
                                  "them: use pos_emb='none', 'learned' or 'sinusoidal' with attention='linear'")
             q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
             S, z = (None, None) if state is None else state[:2]
-            if cache is None:
-                y, S, z = linear_attention_chunked(q, k, v)
-            else:
+            if cache is not None and T == 1:
                 y, S, z = linear_attention_recurrent(q, k, v, S, z)
+            else:
+                y, S, z = linear_attention_chunked(q, k, v, S, z)
             new = (S, z)
         else:
             if rope is not None:
