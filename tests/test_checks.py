@@ -722,3 +722,139 @@ def test_the_padding_mask_and_window_checks_pass_correct_hand_written_versions()
 
     assert CHECKS["masked_loss"].run(loss_by_hand).passed
     assert CHECKS["kgram_windows"].run(windows_by_loop).passed
+
+
+# Lesson 10: linear attention -------------------------------------------------------------------------
+
+def _phi(x):
+    return F.elu(x) + 1
+
+
+def linear_mask_off_by_one(q, k, v, eps=1e-6):         # a position does not see itself
+    w = (_phi(q) @ _phi(k).transpose(-2, -1)).tril(-1)
+    return (w @ v) / (w.sum(-1, keepdim=True) + eps)
+
+
+def linear_mask_sees_next(q, k, v, eps=1e-6):          # the mask one position too far: sees the next key
+    w = (_phi(q) @ _phi(k).transpose(-2, -1)).tril(1)
+    return (w @ v) / (w.sum(-1, keepdim=True) + eps)
+
+
+def linear_no_normaliser(q, k, v, eps=1e-6):           # the weighted sum, never divided by the weights' sum
+    return (_phi(q) @ _phi(k).transpose(-2, -1)).tril() @ v
+
+
+def linear_no_feature_map(q, k, v, eps=1e-6):          # raw q.k: weights can be negative
+    w = (q @ k.transpose(-2, -1)).tril()
+    return (w @ v) / (w.sum(-1, keepdim=True) + eps)
+
+
+def linear_softmax_instead(q, k, v, eps=1e-6):         # softmax attention under another name
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _recurrent(q, k, v, S=None, z=None, eps=1e-6, read_first=False, keep_state=True, with_z=True):
+    B, H, T, d = q.shape
+    fq, fk = _phi(q), _phi(k)
+    if S is None or not keep_state:
+        S, z = q.new_zeros(B, H, d, v.size(-1)), q.new_zeros(B, H, d)
+    ys = []
+    for t in range(T):
+        if read_first:
+            num, den = (fq[:, :, t, :, None] * S).sum(-2), (fq[:, :, t] * z).sum(-1, keepdim=True)
+        S = S + fk[:, :, t, :, None] * v[:, :, t, None, :]
+        z = z + fk[:, :, t]
+        if not read_first:
+            num, den = (fq[:, :, t, :, None] * S).sum(-2), (fq[:, :, t] * z).sum(-1, keepdim=True)
+        ys.append(num / (den + eps) if with_z else num)
+    return torch.stack(ys, dim=2), S, z
+
+
+def recurrent_state_updated_after_read(q, k, v, S=None, z=None, eps=1e-6):
+    return _recurrent(q, k, v, S, z, eps, read_first=True)
+
+
+def recurrent_ignores_the_given_state(q, k, v, S=None, z=None, eps=1e-6):
+    return _recurrent(q, k, v, S, z, eps, keep_state=False)
+
+
+def recurrent_no_normaliser(q, k, v, S=None, z=None, eps=1e-6):
+    return _recurrent(q, k, v, S, z, eps, with_z=False)
+
+
+def _delta(q, k, v, alpha, beta, S=None, read_first=False, undecayed_read=False, no_beta=False, no_delta=False):
+    B, H, T, d = q.shape
+    if S is None:
+        S = q.new_zeros(B, H, d, v.size(-1))
+    ys = []
+    for t in range(T):
+        kt, a, b = k[:, :, t], alpha[:, :, t, None, None], beta[:, :, t, None]
+        if read_first:
+            ys.append((q[:, :, t, :, None] * a * S).sum(-2))
+        old = (kt[..., None] * S).sum(-2)
+        S = a * S
+        if not undecayed_read:
+            old = (kt[..., None] * S).sum(-2)
+        if no_delta:
+            old = torch.zeros_like(old)
+        S = S + kt[..., None] * ((1.0 if no_beta else b) * (v[:, :, t] - old))[:, :, None, :]
+        if not read_first:
+            ys.append((q[:, :, t, :, None] * S).sum(-2))
+    return torch.stack(ys, dim=2), S
+
+
+def delta_read_before_write(q, k, v, alpha, beta, S=None):
+    return _delta(q, k, v, alpha, beta, S, read_first=True)
+
+
+def delta_old_value_before_decay(q, k, v, alpha, beta, S=None):   # reads S_{t-1}^T k, not alpha S_{t-1}^T k
+    return _delta(q, k, v, alpha, beta, S, undecayed_read=True)
+
+
+def delta_without_beta(q, k, v, alpha, beta, S=None):
+    return _delta(q, k, v, alpha, beta, S, no_beta=True)
+
+
+def delta_plain_addition(q, k, v, alpha, beta, S=None):          # gated linear attention: no correction
+    return _delta(q, k, v, alpha, beta, S, no_delta=True)
+
+
+WRONG["causal_linear_attention"] = [linear_mask_off_by_one, linear_mask_sees_next, linear_no_normaliser,
+                                    linear_no_feature_map, linear_softmax_instead]
+WRONG["linear_attention_recurrent"] = [recurrent_state_updated_after_read, recurrent_ignores_the_given_state,
+                                       recurrent_no_normaliser]
+WRONG["gated_delta_recurrent"] = [delta_read_before_write, delta_old_value_before_decay, delta_without_beta,
+                                  delta_plain_addition]
+LINEAR_CHECKS = ("causal_linear_attention", "linear_attention_recurrent", "gated_delta_recurrent")
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n in LINEAR_CHECKS for w in WRONG[n]],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_the_linear_attention_checks_fail_plausible_mistakes(name, wrong):
+    v = CHECKS[name].run(wrong)
+    assert v.status == "failed", f"{wrong.__name__} passed the {name} check ({v.message})"
+    assert v.message.startswith(f"{name}: failed case ")
+
+
+def test_the_linear_attention_checks_pass_correct_hand_written_versions():
+    def parallel_by_loops(q, k, v, eps=1e-6):          # one query at a time, an explicit sum over its keys
+        out = torch.zeros_like(v)
+        for t in range(q.size(2)):
+            w = (_phi(q[:, :, t:t + 1]) * _phi(k[:, :, :t + 1])).sum(-1)   # (B, H, t + 1)
+            out[:, :, t] = (w[..., None] * v[:, :, :t + 1]).sum(2) / (w.sum(-1, keepdim=True) + eps)
+        return out
+
+    def delta_as_matrices(q, k, v, alpha, beta, S=None):   # S <- alpha (I - beta k k^T) S + beta k v^T
+        B, H, T, d = q.shape
+        S = q.new_zeros(B, H, d, v.size(-1)) if S is None else S
+        eye = torch.eye(d, dtype=q.dtype)
+        ys = []
+        for t in range(T):
+            kt, a, b = k[:, :, t, :, None], alpha[:, :, t, None, None], beta[:, :, t, None, None]
+            S = a * (eye - b * kt @ kt.transpose(-2, -1)) @ S + b * kt @ v[:, :, t, None, :]
+            ys.append((S.transpose(-2, -1) @ q[:, :, t, :, None])[..., 0])
+        return torch.stack(ys, dim=2), S
+
+    assert CHECKS["causal_linear_attention"].run(parallel_by_loops).passed
+    assert CHECKS["linear_attention_recurrent"].run(_recurrent).passed
+    assert CHECKS["gated_delta_recurrent"].run(delta_as_matrices).passed

@@ -288,3 +288,14 @@ def test_monosemantic_enabled_annotates_each_generated_token(course, capsys):
     code, out, err = run_cli(argv + ["--overwrite"], work, env, capsys)
     last = json.loads((work / "out" / "generation_logs.json").read_text())["lstm"][-1]
     assert code == 0 and "monosemantic" not in last
+
+
+def test_attention_flag_sets_the_config_and_refuses_unknown_choices(capsys):
+    parser = cli.build_parser()
+    for choice in ("softmax", "linear", "gated_delta"):
+        cfg = cli.config_from_args(parser.parse_args(["--profile", "smoke", "--attention", choice]), parser)
+        assert cfg.attention == choice
+    assert cli.config_from_args(parser.parse_args(["--profile", "smoke"]), parser).attention == "softmax"
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--attention", "cosine"])
+    assert e.value.code == 2 and "gated_delta" in capsys.readouterr().err
