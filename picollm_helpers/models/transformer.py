@@ -27,6 +27,9 @@ attention layer, the MLP, one block, the output layer, the model. forward(idx) m
   softmax(QK^T / sqrt(d)) path, which gives the same output and hands the weights to the hook.
 - Generation keeps a KV cache: `state = model.init_state(B)`, then `logits, state =
   model.step(idx_new, state)` feeds only the new tokens and reuses every earlier key and value.
+- attention="linear" or "gated_delta" (lesson 10) puts models/linear_attention.py's layer in every
+  block instead of CausalSelfAttention; init_state then returns a fixed-size RecurrentState, which
+  the same step() continues (hook_pattern does not exist there: no T x T weights are formed).
 
 Context length. Learned positions have a table of block_size rows, so forward() refuses longer
 inputs. "none", "sinusoidal" and "rope" compute positions from a formula, so forward() accepts any
