@@ -129,7 +129,8 @@ def run_notebook(nb: dict, work: Path, timeout: float) -> Run:
            "--ExecutePreprocessor.timeout=-1", "--ExecutePreprocessor.kernel_name=python3",
            "--output", "executed.ipynb", "submission.ipynb"]
     start = time.perf_counter()
-    # its own process group: on a timeout the kernel goes with nbconvert
+    # its own process group, killed on a timeout; the kernel (a session of its own) exits with its parent,
+    # nbconvert (ipykernel polls for that)
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
