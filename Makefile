@@ -56,7 +56,7 @@ test-notebooks: $(STAMP)
 		figs=$$(mktemp -d) && res=$$(mktemp -d) && PICOLLM_PROFILE=smoke PICOLLM_FIGURES=$$figs PICOLLM_RESULTS=$$res $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 			-o testpaths= $(NOTEBOOKS); fi
 
-# The explorers of lessons 03 and 07 in JupyterLab, driven in headless Chromium (Playwright):
+# The explorers of lessons 03, 07 and 09 in JupyterLab, driven in headless Chromium (Playwright):
 # Run All, move the controls, check what they redraw. Screenshots: test-artifacts/browser/.
 # Installs Debian's chromium on first use (Playwright's own browser download is not used).
 CHROMIUM ?= /usr/bin/chromium
