@@ -4,8 +4,10 @@ Also the graded mode of the checks that the nbgrader course's test cells use."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from submissions import fake_submissions, lesson_notebook, quickest_lesson_with_two_exercises
@@ -79,19 +81,38 @@ def test_the_csv_holds_the_same_rows(sheet):
                               "message", "seconds"]
 
 
+def _zombie(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
 def test_a_notebook_past_its_time_limit_is_stopped_and_the_next_is_graded(tmp_path):
     cell = {"cell_type": "code", "execution_count": None, "id": "c", "metadata": {}, "outputs": []}
     nb = {"cells": [], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                    "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "slow.ipynb").write_text(json.dumps({**nb, "cells": [{**cell, "source": "import time\n"
-                                                                    "time.sleep(600)"}]}))
+    pid_file = tmp_path / "kernel.pid"
+    slow = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
+    (folder / "slow.ipynb").write_text(json.dumps({**nb, "cells": [{**cell, "source": slow}]}))
     (folder / "quick.ipynb").write_text(json.dumps({**nb, "cells": [{**cell, "source": "x = 1"}]}))
     rows = grade(folder, tmp_path / "grades.csv", timeout=20, log=lambda *_: None)
     slow, quick = _of(rows, "slow")[NOTEBOOK_ROW], _of(rows, "quick")[NOTEBOOK_ROW]
     assert slow.status == "timed out" and "20 s" in slow.message and 20 <= slow.seconds < 60
     assert quick.status == "no exercises"  # it ran: a notebook of no lesson has nothing to grade
+    kernel = int(pid_file.read_text())
+    for _ in range(50):  # the stopped notebook's kernel does not outlive it
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        if _zombie(kernel):  # exited, not yet reaped by its new parent
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the kernel of the stopped notebook (pid {kernel}) still runs")
 
 
 def test_students_are_named_by_their_file_or_their_folder(tmp_path):
