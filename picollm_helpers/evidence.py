@@ -564,7 +564,7 @@ def not_tested(why: str, would_tell: str) -> Evidence:
     for name, text in (("why", why), ("would_tell", would_tell)):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{name}={text!r} must be a non-empty sentence")
-    return Evidence("not_tested", NOT_TESTED, "not-measured", "", None, None, None, None, why.strip(),
+    return Evidence("not_tested", NOT_TESTED, "not-measured", "not measured", None, None, None, None, why.strip(),
                     would_tell.strip())
 
 

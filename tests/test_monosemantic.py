@@ -129,3 +129,16 @@ def test_feature_explorer_shows_a_units_top_contexts_and_its_concept():
     assert ex.contexts[0][0] == int(neurons[:, 0].argmax())
     with pytest.raises(ValueError, match="one row per token"):
         FeatureExplorer({"bad": torch.zeros(3, 2)}, tokens)
+
+
+def test_a_claim_not_tested_on_real_text_is_recorded(tmp_path, monkeypatch):
+    """Lesson 09 on real TinyStories records its label claims as not tested, through the rules' not_tested."""
+    from picollm_helpers import evidence
+    from picollm_helpers.results import LessonResults
+
+    monkeypatch.setenv("PICOLLM_RESULTS", str(tmp_path))
+    r = LessonResults("09_monosemanticity")
+    r.claim("feature-pet-names", "An SAE finds a feature for pets' names.",
+            evidence.not_tested("real text carries no labels", "the synthetic stories"), kind="lesson",
+            summary="An SAE feature detects pets' names")
+    assert r.claims[0]["verdict"] == "not tested" and r.claims[0]["key"] == "not measured"

@@ -35,9 +35,11 @@ def test_feature_explorer_in_jupyterlab(lab):
     basis_sel = ex.locator(".widget-dropdown select")
     unit_box = ex.locator(".widget-inline-hbox input[type='number']").first
 
+    seen = {}
+
     def drawn(basis: str, unit: int):
         def check():
-            s = ex.evaluate(_READ_JS)
+            s = seen["last"] = ex.evaluate(_READ_JS)
             ok = s["img"] and s["contexts"] and f"{basis}, unit {unit}:" in (s["unit"] or "")
             return s if ok else None
         return check
@@ -46,7 +48,10 @@ def test_feature_explorer_in_jupyterlab(lab):
     assert len(bases) == 2 and "neurons" in bases, bases
     basis = basis_sel.locator("option:checked").inner_text().strip()
     unit = int(unit_box.input_value())
-    state = lab.wait_until(drawn(basis, unit), REDRAW_TIMEOUT_S, "the explorer's first drawing")
+    try:
+        state = lab.wait_until(drawn(basis, unit), REDRAW_TIMEOUT_S, "the explorer's first drawing")
+    except AssertionError as exc:   # say what the explorer showed instead
+        raise AssertionError(f"{exc}\nexpected {basis!r}, unit {unit}; the explorer showed: {seen.get('last')!r}") from None
     lab.assert_no_widget_errors()
     lab.screenshot(f"{basis}-{unit}", ex)
     assert state["error"] is None and state["boxed"] == len(state["contexts"]) >= 1, state
