@@ -51,7 +51,8 @@ def test_feature_explorer_in_jupyterlab(lab):
     try:
         state = lab.wait_until(drawn(basis, unit), REDRAW_TIMEOUT_S, "the explorer's first drawing")
     except AssertionError as exc:   # say what the explorer showed instead
-        raise AssertionError(f"{exc}\nexpected {basis!r}, unit {unit}; the explorer showed: {seen.get('last')!r}") from None
+        shown = seen.get("last")
+        raise AssertionError(f"{exc}\nexpected {basis!r}, unit {unit}; the explorer showed: {shown!r}") from None
     lab.assert_no_widget_errors()
     lab.screenshot(f"{basis}-{unit}", ex)
     assert state["error"] is None and state["boxed"] == len(state["contexts"]) >= 1, state
