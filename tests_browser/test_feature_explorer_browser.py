@@ -44,9 +44,10 @@ def test_feature_explorer_in_jupyterlab(lab):
             return s if ok else None
         return check
 
-    bases = [o.strip() for o in basis_sel.locator("option").all_inner_texts()]
+    # a <select> shows its options' spaces as non-breaking ones
+    bases = [o.replace("\xa0", " ").strip() for o in basis_sel.locator("option").all_inner_texts()]
     assert len(bases) == 2 and "neurons" in bases, bases
-    basis = basis_sel.locator("option:checked").inner_text().strip()
+    basis = basis_sel.locator("option:checked").inner_text().replace("\xa0", " ").strip()
     unit = int(unit_box.input_value())
     try:
         state = lab.wait_until(drawn(basis, unit), REDRAW_TIMEOUT_S, "the explorer's first drawing")
