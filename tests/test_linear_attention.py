@@ -191,9 +191,9 @@ def test_recall_batches_score_only_the_answers_and_the_answer_is_the_pairs_value
 
 
 def test_softmax_attention_learns_a_small_recall_task():
-    run = train_recall("softmax", 2, seed=0, steps=150, embed_size=32, n_heads=2, n_keys=8, n_values=8,
+    run = train_recall("softmax", 2, seed=0, steps=400, embed_size=32, n_heads=2, n_keys=8, n_values=8,
                        eval_sequences=256)
-    assert run.accuracy > 0.6                            # chance is 1/8
+    assert run.accuracy > 0.9                            # chance is 1/8; 150 steps reach about 0.53
 
 
 @pytest.mark.skipif(not fla_available("cuda"), reason="needs CUDA and the optional flash-linear-attention package")

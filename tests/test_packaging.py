@@ -113,7 +113,8 @@ def test_make_setup_installs_with_the_constraints_unless_told_not_to(args, pinne
 
 
 # import name -> distribution name, where they differ
-IMPORT_NAMES = {"yaml": "pyyaml", "IPython": "ipython", "picollm_helpers": "picollm-helpers"}
+IMPORT_NAMES = {"yaml": "pyyaml", "IPython": "ipython", "picollm_helpers": "picollm-helpers",
+                "fla": "flash-linear-attention"}
 
 
 def _imported_top_level_names(code: str, notebook: bool = False) -> set[str]:
@@ -132,7 +133,8 @@ def test_every_package_the_kit_imports_is_declared():
     import json
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {_name(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    declared = {_name(s) for s in project["dependencies"]}
+    declared |= {_name(s) for extra in project["optional-dependencies"].values() for s in extra}
     declared.add(project["name"])
     names = set()
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):

@@ -41,7 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .transformer import HookPoint, apply_rope
+from .hooks import HookPoint
+from .positions import apply_rope
 
 LINEAR_KINDS = ("linear", "gated_delta")
 EPS = 1e-6          # added to linear attention's normaliser (it is > 0: phi > 0)

@@ -45,6 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ATTENTIONS, POS_EMBS
+from .hooks import HookPoint
+from .positions import apply_rope, rope_cos_sin, sinusoidal_embedding
 
 
 class RMSNorm(nn.Module):
@@ -61,70 +63,6 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
-
-
-def _f64(device):
-    """float64 for position angles (large positions keep their precision); MPS has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def sinusoidal_embedding(pos, dim):
-    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(same).
-
-    pos: (T,) int64 -> (T, dim) float64. Computed from the formula, so any position works.
-    """
-    dt = _f64(pos.device)
-    half = (dim + 1) // 2
-    inv_freq = 10000.0 ** (-torch.arange(half, dtype=dt, device=pos.device) * 2 / dim)
-    ang = pos.to(dt)[:, None] * inv_freq  # (T, half)
-    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(1)[:, :dim]  # sin, cos interleaved
-
-
-def rope_cos_sin(pos, head_dim, dtype):
-    """Rotary angles for positions pos (T,): cos, sin each (T, head_dim/2).
-
-    Pair i of each head rotates by angle p * 10000^(-2i/head_dim).
-    """
-    dt = _f64(pos.device)
-    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=dt, device=pos.device) / head_dim)
-    ang = pos.to(dt)[:, None] * inv_freq  # (T, head_dim/2)
-    return ang.cos().to(dtype), ang.sin().to(dtype)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate (x1, x2) pairs of x (B, H, T, head_dim) by their position's angle.
-
-    The pairs are (x[..., i], x[..., i + head_dim/2]) (the GPT-NeoX / LLaMA layout). Rotating
-    q at position m and k at position n makes q.k depend on m - n only: relative position.
-    """
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, head_dim/2) each
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class HookPoint(nn.Module):
-    """An identity layer that gives the activation passing through it a name (TransformerLens).
-
-    Register a forward hook on it to read the activation, or return a tensor from the hook to
-    replace it; `interp.run_with_cache` / `interp.run_with_hooks` do both by name. Under
-    torch.compile, as for any module, a hook added after compiling is not seen (torch's
-    skip_nnmodule_hook_guards): hook the eager model.
-    """
-
-    @property
-    def active(self):
-        """True when a hook is registered here (the attention layer asks this of hook_pattern)."""
-        return bool(self._forward_hooks or self._forward_pre_hooks
-                    or self._backward_hooks or self._backward_pre_hooks)
-
-    def forward(self, x):
-        return x
-
-    def __call__(self, x):
-        # A model has about ten hook points per block, passed on every decoded token, and going
-        # through nn.Module.__call__'s bookkeeping costs about three times this check. A module's
-        # hooks live in its own dicts, so a hook point whose dicts are empty returns x directly.
-        # (Global hooks, torch.nn.modules.module.register_module_forward_hook, are not seen here.)
-        return super().__call__(x) if self.active else x
 
 
 class KVCache:
