@@ -97,6 +97,8 @@ def test_top_p_explorer_in_jupyterlab(lab):
         s = _top_p_state(ex, slider)
         return s if s["p"] == s["readout"] and s["sample"] is not None else None
 
+    # JupyterLab draws only the cells near the view: bring the explorer (mid-lesson) into it before reading
+    ex.scroll_into_view_if_needed()
     first = lab.wait_until(settled, REDRAW_TIMEOUT_S, "the explorer's first drawing (nucleus and sample)")
     lab.assert_no_widget_errors()
     lab.screenshot("ran", ex)
