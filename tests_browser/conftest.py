@@ -248,7 +248,17 @@ class Lab:
                 f"{what} was not drawn as a widget within {timeout_s:.0f} s."
                 + ("\nThe widget manager logged:\n" + "\n".join(e[:600] for e in errors) if errors else "")
                 + "\nThe notebook shows:\n" + self.notebook_text()[-3000:]) from None
+        # JupyterLab draws only the cells near the view: a widget mid-lesson is read once it is in it
+        locator.scroll_into_view_if_needed()
         return locator
+
+    def open_and_run(self, path: str) -> None:
+        """Open a lesson, check its committed widget outputs, Run All, and check no cell raised."""
+        self.open(path)
+        self.assert_no_widget_errors()  # the committed outputs, before anything runs
+        self.screenshot("opened")
+        self.run_all()
+        self.assert_no_tracebacks()
 
     def assert_no_tracebacks(self) -> None:
         text = self.notebook_text()

@@ -24,11 +24,7 @@ _READ_JS = """root => {
 def test_feature_explorer_in_jupyterlab(lab):
     _needs(FEATURE_NOTEBOOK)
     page = lab.page
-    lab.open(FEATURE_NOTEBOOK)
-    lab.assert_no_widget_errors()
-    lab.screenshot("opened")
-    lab.run_all()
-    lab.assert_no_tracebacks()
+    lab.open_and_run(FEATURE_NOTEBOOK)
 
     basis_dd = _labelled(page, ".widget-dropdown", "basis")
     ex = lab.find_widget(_explorer(page, basis_dd), "The FeatureExplorer")

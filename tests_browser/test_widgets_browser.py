@@ -80,11 +80,7 @@ _READ_OUTPUT_JS = """root => {
 def test_top_p_explorer_in_jupyterlab(lab):
     _needs(TOP_P_NOTEBOOK)
     page = lab.page
-    lab.open(TOP_P_NOTEBOOK)
-    lab.assert_no_widget_errors()  # the committed outputs, before anything runs
-    lab.screenshot("opened")
-    lab.run_all()
-    lab.assert_no_tracebacks()
+    lab.open_and_run(TOP_P_NOTEBOOK)
 
     slider = _labelled(page, ".widget-slider", "top-p")
     ex = lab.find_widget(_explorer(page, slider), "The TopPExplorer")
@@ -97,8 +93,6 @@ def test_top_p_explorer_in_jupyterlab(lab):
         s = _top_p_state(ex, slider)
         return s if s["p"] == s["readout"] and s["sample"] is not None else None
 
-    # JupyterLab draws only the cells near the view: bring the explorer (mid-lesson) into it before reading
-    ex.scroll_into_view_if_needed()
     first = lab.wait_until(settled, REDRAW_TIMEOUT_S, "the explorer's first drawing (nucleus and sample)")
     lab.assert_no_widget_errors()
     lab.screenshot("ran", ex)
@@ -172,11 +166,7 @@ def _attention_state(ex) -> dict:
 def test_attention_explorer_in_jupyterlab(lab):
     _needs(ATTENTION_NOTEBOOK)
     page = lab.page
-    lab.open(ATTENTION_NOTEBOOK)
-    lab.assert_no_widget_errors()
-    lab.screenshot("opened")
-    lab.run_all()
-    lab.assert_no_tracebacks()
+    lab.open_and_run(ATTENTION_NOTEBOOK)
 
     head_dd = _labelled(page, ".widget-dropdown", "head")
     ex = lab.find_widget(_explorer(page, head_dd), "The AttentionExplorer")
