@@ -64,14 +64,19 @@ def causal_linear_attention(q, k, v, eps=EPS):
     return (scores @ v) / (scores.sum(-1, keepdim=True) + eps)
 
 
+def _empty_state(q, v):
+    """The linear attention state before any position: S (B, H, d, d_v) and z (B, H, d), zeros."""
+    B, H, _, d = q.shape
+    return q.new_zeros(B, H, d, v.size(-1)), q.new_zeros(B, H, d)
+
+
 def linear_attention_recurrent(q, k, v, S=None, z=None, eps=EPS):
     """Recurrent form, one position at a time. q, k, v (B, H, T, d); S (B, H, d, d_v) and z (B, H, d)
     the state after the positions before (None: empty). Returns y (B, H, T, d_v), S, z after the last."""
-    B, H, T, d = q.shape
+    T = q.size(2)
     q, k = feature_map(q), feature_map(k)
     if S is None:
-        S = q.new_zeros(B, H, d, v.size(-1))
-        z = q.new_zeros(B, H, d)
+        S, z = _empty_state(q, v)
     ys = []
     for t in range(T):
         S = S + k[:, :, t, :, None] * v[:, :, t, None, :]       # add phi(k_t) v_t^T first ...
@@ -85,11 +90,10 @@ def linear_attention_recurrent(q, k, v, S=None, z=None, eps=EPS):
 def linear_attention_chunked(q, k, v, S=None, z=None, chunk=CHUNK, eps=EPS):
     """Chunked form: the parallel form inside each chunk of `chunk` positions, plus what the state
     (S, z) carries from the chunks before. Same arguments and results as linear_attention_recurrent."""
-    B, H, T, d = q.shape
+    T = q.size(2)
     q, k = feature_map(q), feature_map(k)
     if S is None:
-        S = q.new_zeros(B, H, d, v.size(-1))
-        z = q.new_zeros(B, H, d)
+        S, z = _empty_state(q, v)
     ys = []
     for a in range(0, T, chunk):
         qc, kc, vc = q[:, :, a:a + chunk], k[:, :, a:a + chunk], v[:, :, a:a + chunk]  # (B, H, C, d)
