@@ -858,3 +858,86 @@ def test_the_linear_attention_checks_pass_correct_hand_written_versions():
     assert CHECKS["causal_linear_attention"].run(parallel_by_loops).passed
     assert CHECKS["linear_attention_recurrent"].run(_recurrent).passed
     assert CHECKS["gated_delta_recurrent"].run(delta_as_matrices).passed
+
+
+# Lesson 08: the warmup schedule and one residual sub-layer in either arrangement --------------------------
+
+def warmup_from_zero(step, warmup_steps):
+    return 1.0 if step >= warmup_steps else step / warmup_steps  # off by one: the first step gets learning rate 0
+
+
+def warmup_one_step_late(step, warmup_steps):
+    return min(1.0, (step + 1) / (warmup_steps + 1))  # full learning rate one step after the warmup ends
+
+
+def warmup_never_full(step, warmup_steps):
+    return min(step + 1, warmup_steps) / (warmup_steps + 1) if warmup_steps else 1.0  # never reaches 1
+
+
+def warmup_divides_by_zero(step, warmup_steps):
+    return min(1.0, (step + 1) / warmup_steps)  # right with warmup, ZeroDivisionError without
+
+
+def warmup_then_decays(step, warmup_steps):
+    return (step + 1) / warmup_steps if step < warmup_steps else warmup_steps / (step + 1)  # falls after the warmup
+
+
+def sublayer_always_pre(x, sublayer, norm, post):
+    return x + sublayer(norm(x))  # the flag ignored: pre-norm in both arrangements
+
+
+def sublayer_post_norms_the_branch(x, sublayer, norm, post):
+    return x + norm(sublayer(x)) if post else x + sublayer(norm(x))  # post: the norm on the branch, not the sum
+
+
+def sublayer_post_reads_normed(x, sublayer, norm, post):
+    return norm(x + sublayer(norm(x))) if post else x + sublayer(norm(x))  # post: a norm before and after
+
+
+def sublayer_post_no_residual(x, sublayer, norm, post):
+    return norm(sublayer(x)) if post else x + sublayer(norm(x))  # post: the residual connection forgotten
+
+
+def sublayer_pre_norms_the_sum(x, sublayer, norm, post):
+    return norm(x + sublayer(x)) if post else norm(x + sublayer(norm(x)))  # pre: the stream normalised too
+
+
+WRONG["warmup_multiplier"] = [warmup_from_zero, warmup_one_step_late, warmup_never_full, warmup_divides_by_zero,
+                              warmup_then_decays]
+WRONG["residual_sublayer"] = [sublayer_always_pre, sublayer_post_norms_the_branch, sublayer_post_reads_normed,
+                              sublayer_post_no_residual, sublayer_pre_norms_the_sum]
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n in ("warmup_multiplier", "residual_sublayer") for w in WRONG[n]],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_the_warmup_and_sublayer_checks_fail_plausible_mistakes(name, wrong):
+    v = CHECKS[name].run(wrong)
+    assert v.status in ("failed", "raised"), f"{wrong.__name__} passed the {name} check ({v.message})"
+    assert v.message.startswith(f"{name}: ")
+    assert "Traceback" not in v.message
+
+
+def test_the_warmup_reference_is_the_schedule_training_uses():
+    from picollm_helpers.config import RunConfig
+    from picollm_helpers.training import lr_at
+
+    for warmup in (0, 1, 5, 100):
+        cfg = RunConfig(learning_rate=3e-3, warmup_steps=warmup)
+        for step in range(0, 250, 7):
+            assert lr_at(step, 250, cfg) == pytest.approx(3e-3 * CHECKS["warmup_multiplier"].reference(step, warmup))
+
+
+def test_the_warmup_and_sublayer_checks_pass_correct_hand_written_versions():
+    def warmup_by_cases(step, warmup_steps):       # the two phases spelled out, with integers until the end
+        if warmup_steps == 0 or step + 1 >= warmup_steps:
+            return 1.0
+        return float(step + 1) / float(warmup_steps)
+
+    def sublayer_by_branches(x, sublayer, norm, post):
+        if post:
+            return norm(x + sublayer(x))
+        h = norm(x)
+        return x + sublayer(h)
+
+    assert CHECKS["warmup_multiplier"].run(warmup_by_cases).passed
+    assert CHECKS["residual_sublayer"].run(sublayer_by_branches).passed

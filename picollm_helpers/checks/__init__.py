@@ -22,7 +22,7 @@ from .linear_attention import (
     check_gated_delta_recurrent,
     check_linear_attention_recurrent,
 )
-from .norms import check_block_grad_norms
+from .norms import check_block_grad_norms, check_residual_sublayer, check_warmup_multiplier
 from .overfitting import check_ngram_share
 from .positions import check_sinusoidal_encoding
 from .sae import check_normalize_decoder, check_resample_dead, check_sae_encode, check_sae_loss
@@ -42,7 +42,7 @@ CHECKS = {c.name: c for c in (
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share,
     check_sinusoidal_encoding,
-    check_block_grad_norms,
+    check_residual_sublayer, check_warmup_multiplier, check_block_grad_norms,
     check_previous_token_score,
     check_causal_linear_attention, check_linear_attention_recurrent, check_gated_delta_recurrent,
     check_sae_encode, check_normalize_decoder, check_sae_loss, check_resample_dead,
