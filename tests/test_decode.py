@@ -4,7 +4,7 @@ generation compute: the same logits up to float rounding and the same tokens, in
 import pytest
 import torch
 
-from picollm_helpers.models import TransformerModel
+from picollm_helpers.models import TransformerModel, decode
 from picollm_helpers.models.decode import FastState, decode_fn, fast_step_one, static_step_one
 from picollm_helpers.sampling import generate
 
@@ -42,6 +42,37 @@ def test_fast_readable_and_uncached_generation_give_the_same_greedy_tokens(kw, n
     assert len(set(fast)) > 1  # a model stuck on one token would hide a position error
 
 
+@pytest.mark.parametrize("kw", [SHAPES[0], SHAPES[3], SHAPES[4]], ids=["learned", "rope", "post-norm"])
+def test_products_split_over_threads_give_the_same_tokens(kw, monkeypatch):
+    """A model whose weights exceed STREAM_BYTES splits every product into one part per thread (here
+    every model does): the same greedy tokens as the readable and uncached paths, the window sliding."""
+    monkeypatch.setattr(decode, "STREAM_BYTES", 0)
+    model = make(**kw)  # V = 97 is odd: the output layer's last part is padded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two parts, also on a one-core runner
+    try:
+        _, state = decode_fn(model, 1)
+        assert state.threads == 2 and state.head.shape[0] == 2 and state.layers[0][1].shape[0] == 2
+        prompt = [3, 14, 15, 9, 26]
+        fast = generate(model, None, prompt, 30, greedy=True).new_ids
+        assert fast == generate(model, None, prompt, 30, greedy=True, fast=False).new_ids
+        assert fast == generate(model, None, prompt, 30, greedy=True, use_cache=False).new_ids
+        assert len(set(fast)) > 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_weights_in_parts_multiply_as_the_whole_weight():
+    w = torch.randn(6, 7)  # (K, N): N = 7 does not split evenly
+    x, add = torch.randn(3, 6), torch.randn(3, 8)
+    for parts in (1, 2, 3):
+        wp = decode._parts(w, parts)
+        n = wp.shape[0] * wp.shape[2]
+        torch.testing.assert_close(decode._mm(x, wp)[:, :7], x @ w)
+        if n == 8:
+            torch.testing.assert_close(decode._mm(x, wp, add), add + torch.cat([x @ w, torch.zeros(3, 1)], 1))
+
+
 @pytest.mark.parametrize("kw", SHAPES[:4], ids=["learned", "none", "sinusoidal", "rope"])
 def test_fast_step_logits_match_the_readable_step_at_every_position(kw):
     """Batch 3 with different prompts, token by token up to the block size: each fast step's logits
@@ -63,12 +94,14 @@ def test_fast_step_logits_match_the_readable_step_at_every_position(kw):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_static_step_equals_the_fast_step():
-    """The static-shape step (what torch.compile compiles: whole cache, a mask) computes the same logits."""
+@pytest.mark.parametrize("parts", [1, 2])
+def test_static_step_equals_the_fast_step(parts):
+    """The static-shape step (what torch.compile compiles: whole cache, a mask) computes the same
+    logits, with the products whole or in parts."""
     model = make(pos_emb="rope")
     with torch.inference_mode():
-        _, s1 = decode_fn(model, 2)
-        _, s2 = decode_fn(model, 2)
+        s1 = FastState(model, 2, "cpu", torch.float32, parts=parts)
+        s2 = FastState(model, 2, "cpu", torch.float32, parts=parts)
         prompt = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(2))
         model.step(prompt, s1), model.step(prompt, s2)
         nxt = torch.tensor([[5], [7]])
@@ -108,3 +141,18 @@ def test_generation_leaves_the_thread_count_as_it_was():
     threads = torch.get_num_threads()
     generate(model, None, [1, 2], 6, greedy=True)
     assert torch.get_num_threads() == threads
+
+
+def test_the_compiled_step_gives_the_readable_steps_tokens():
+    """decode_fn(compile=True): the static step under torch.compile (or, where this machine cannot
+    compile, the eager fast step after one note) continues the prompt with the readable step's tokens."""
+    model = make(pos_emb="rope")
+    prompt = torch.tensor([[3, 14, 15, 9, 26]])
+    with torch.inference_mode():
+        step, state = decode_fn(model, 1, compile=True)
+        logits, state = step(prompt, state)
+        tokens = []
+        for _ in range(8):
+            tokens.append(int(logits.argmax(-1)))
+            logits, state = step(torch.tensor([[tokens[-1]]]), state)
+    assert tokens == generate(model, None, prompt[0].tolist(), 8, greedy=True, fast=False).new_ids

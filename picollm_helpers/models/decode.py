@@ -9,13 +9,15 @@ half as many, larger operations, from weights prepared once per generation:
 
 - q, k and v of all heads come from one (B, E) @ (E, 3E) product with the weight transposed once
   (a row-streaming product, as LMHead.decode explains), and so do the MLP's two layers and the
-  output projection; the projections add the residual in the same call (torch.addmm);
+  output projection; the projections add the residual in the same call (torch.baddbmm);
 - RMSNorm is one fused call (F.rms_norm: the same definition, eps = the dtype's eps);
 - position embeddings and rope's angles are looked up in tables computed once, with the same
   functions the readable path calls (so the same values);
 - the new key and value are written into the preallocated cache with one copy each;
-- on a CPU it runs on one thread (see decode_fn: syncing a thread pool per small operation costs
-  more than a second core gains).
+- on a CPU, a model whose weights fit in STREAM_BYTES runs on one thread (syncing a thread pool
+  per small operation costs more than a second core gains); a larger one splits every product,
+  the output layer's included, into one part per thread (_parts, _mm), so that all cores read
+  weights at once: reading them is then what a token costs (decode_threads).
 
 Anything this step does not cover goes through the readable `model.step` unchanged: the prompt
 (several tokens at once), a full window (block_size positions: the readable step slides it), and a
@@ -23,9 +25,12 @@ model with a hook registered on any hook point (hooks must see the activations t
 `decode_fn(model, batch_size)` returns the pair generate() uses: a step function and its state.
 
 torch.compile: the one-token step can also be compiled with a static shape (the whole cache and a
-mask instead of a slice), see `compiled_step`; measured in the benchmark (`bench quick`), where it
-says whether compiling pays off on this machine. generate() never compiles on its own: compiling
-takes tens of seconds, more than a lesson's generation (a few dozen to a few hundred tokens) costs.
+mask instead of a slice): `decode_fn(..., compile=True)` runs `static_step_one` under torch.compile.
+It is not faster here: Inductor fuses the norms and the GELU into the products that follow them and
+turns those into its own reduction loops, which read the (K, n) weight parts column by column, far
+below the memory's speed (on two AVX2 cores: ~10 ms per token against ~2 ms eager, for the
+benchmark's 61 MiB model, after ~10 s of compiling). generate() never compiles: the eager step is
+already at the memory limit, and compiling costs more than a lesson's generation.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..timing import flop_params
 from .transformer import HookPoint, KVCache, TransformerModel, rope_cos_sin, sinusoidal_embedding
 
 
@@ -53,12 +59,15 @@ class FastState(KVCache):
     norm2 weight, fc^T (E, 4E), mlp proj^T (4E, E)); the position table (max_len, E) for learned and
     sinusoidal positions; rope's (cos, sin) tables (max_len, hd/2)."""
 
-    def __init__(self, model: TransformerModel, batch_size, device, dtype):
+    def __init__(self, model: TransformerModel, batch_size, device, dtype, parts=1):
         super().__init__(model.n_blocks, batch_size, model.n_heads, model.block_size, model.head_dim,
                          device, dtype, head_t=model.lm_head.transposed(device, dtype))
 
+        mats = [m.weight for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+        block_parts = parts if all(m.size(0) % parts == 0 for m in mats) else 1  # residual adds need whole parts
+
         def t(w):
-            return w.detach().t().to(device=device, dtype=dtype).contiguous()
+            return _parts(w.detach().t().to(device=device, dtype=dtype), block_parts)
 
         def w(p):
             return p.detach().to(device=device, dtype=dtype)
@@ -73,8 +82,39 @@ class FastState(KVCache):
             self.pos_table = sinusoidal_embedding(pos, model.embed_size).to(dtype)
         self.rope = rope_cos_sin(pos, model.head_dim, dtype) if model.pos_emb == "rope" else None
         self.wte = w(model.wte.weight)
+        self.head = _parts(self.head_t, parts)  # (P, E, V/P): the output layer, in parts
+        self.vocab = model.vocab_size
         self.threads = None         # run the fast step on this many threads (None: the caller's)
         self.compiled = None        # a compiled static_step_one, or None: the eager fast step
+
+
+def _parts(w_t, parts):
+    """A (K, N) weight as `parts` contiguous column blocks, stacked (P, K, ceil(N/P)); the last is
+    padded with zero columns. One part is a view of w_t (no copy); see _mm for why parts."""
+    if parts == 1:
+        return w_t.contiguous().unsqueeze(0)
+    K, N = w_t.shape
+    n = -(-N // parts)
+    out = w_t.new_zeros(parts, K, n)
+    for p in range(parts):
+        block = w_t[:, p * n:(p + 1) * n]
+        out[p, :, :block.size(1)] = block
+    return out
+
+
+def _mm(x, w, add=None):
+    """x (B, K) @ w, a weight in parts (P, K, n) -> (B, P * n), plus add (B, P * n) when given.
+
+    One batched product: each part is one (B, K) @ (K, n) product streaming its own contiguous
+    rows, and the P parts run on P threads at once. At batch 1 a token's products are
+    matrix-vector products, limited by how fast the weights are read; a single product split by
+    the BLAS library scaled poorly, whole parts on separate cores read the weights ~1.4x faster on
+    two cores (measured). The residual add rides along (baddbmm)."""
+    P, K, n = w.shape
+    B = x.size(0)
+    xs = x.unsqueeze(0).expand(P, B, K)
+    y = torch.bmm(xs, w) if add is None else torch.baddbmm(add.view(B, P, n).transpose(0, 1), xs, w)
+    return y.transpose(0, 1).reshape(B, P * n)  # a view at batch 1
 
 
 def _rope1(x, cos, sin):
@@ -108,7 +148,7 @@ def fast_step_one(model: TransformerModel, idx, state: FastState):
         state.tokens = torch.cat([state.tokens, idx], dim=1)
         if state.norm_f is not None:
             x = F.rms_norm(x, (E,), state.norm_f, eps)
-        return x @ state.head_t  # (B, V)
+        return _mm(x, state.head)[:, :state.vocab]  # (B, V)
     finally:
         torch.set_num_threads(threads)
 
@@ -116,7 +156,7 @@ def fast_step_one(model: TransformerModel, idx, state: FastState):
 def _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end):
     for layer, (n1, qkv_t, proj_t, n2, fc_t, mproj_t) in enumerate(state.layers):
         h = x if post else F.rms_norm(x, (E,), n1, eps)
-        qkv = (h @ qkv_t).view(B, 3, H, hd)  # (B, 3, H, hd)
+        qkv = _mm(h, qkv_t).view(B, 3, H, hd)  # (B, 3, H, hd)
         q, k, v = qkv.unbind(1)  # each (B, H, hd)
         if rope is not None:
             q, k = _rope1(q, *rope), _rope1(k, *rope)
@@ -126,11 +166,11 @@ def _blocks_one(model, x, state, pos, rope, eps, post, B, E, H, hd, end):
                                            state.v[layer][:, :, :end])  # (B, H, 1, hd)
         y = y.reshape(B, E)  # heads side by side, as the readable step's z.reshape
         if post:
-            x = F.rms_norm(torch.addmm(x, y, proj_t), (E,), n1, eps)
-            x = F.rms_norm(torch.addmm(x, F.gelu(x @ fc_t), mproj_t), (E,), n2, eps)
+            x = F.rms_norm(_mm(y, proj_t, x), (E,), n1, eps)
+            x = F.rms_norm(_mm(F.gelu(_mm(x, fc_t)), mproj_t, x), (E,), n2, eps)
         else:
-            x = torch.addmm(x, y, proj_t)  # x + attn
-            x = torch.addmm(x, F.gelu(F.rms_norm(x, (E,), n2, eps) @ fc_t), mproj_t)  # x + mlp
+            x = _mm(y, proj_t, x)  # x + attn
+            x = _mm(F.gelu(_mm(F.rms_norm(x, (E,), n2, eps), fc_t)), mproj_t, x)  # x + mlp
     return x
 
 
@@ -149,16 +189,23 @@ def fast_step(model: TransformerModel, idx, state: FastState):
 
 
 ONE_THREAD_BATCH = 8  # up to this many sequences, a token's operations are too small to share out
+STREAM_BYTES = 16 * 2 ** 20  # weights a token reads beyond which its products are split over the cores
 
 
 def decode_threads(model, batch_size, fast=True):
-    """The thread count generate() runs its token loop at: 1 for a transformer's fast step on a CPU
-    at batch <= ONE_THREAD_BATCH (argmax, top-p and the step alike: each operation is small, and
-    syncing a thread pool around it costs more than a second core gains; on a busy 2-core machine,
-    2 threads made a token 3-15x slower), else None (the caller's)."""
+    """The thread count generate() runs its token loop at, for a transformer's fast step on a CPU at
+    batch <= ONE_THREAD_BATCH (else None: the caller's).
+
+    1 while the weights a token reads fit in STREAM_BYTES: each operation is then small, and syncing
+    a thread pool around it costs more than a second core gains (on a busy 2-core machine, 2 threads
+    made a token 3-15x slower). Beyond that, torch's thread count: reading the weights is what a
+    token costs, one core reads memory at ~0.6-0.8x of what all cores read, and the step splits each
+    product into that many parts, one per thread (see _mm; a 61 MiB model on two AVX2 cores: 2.9 ms
+    per token on one thread, 2.1 ms on two, measured)."""
     if fast and _fast_kind(model) and model.wte.weight.device.type == "cpu" \
             and batch_size <= ONE_THREAD_BATCH and not _hooked(model):
-        return 1
+        weight_bytes = flop_params(model) * model.wte.weight.element_size()
+        return 1 if weight_bytes <= STREAM_BYTES else torch.get_num_threads()
     return None
 
 
@@ -182,17 +229,18 @@ def decode_fn(model, batch_size, fast=True, compile=False):
 
     fast=True and a TransformerModel without hooks: the fast step on a FastState. Otherwise
     (another model, a hook on some hook point, or fast=False): the model's own readable step and state.
-    On a CPU at batch <= ONE_THREAD_BATCH the fast step runs on one thread (decode_threads says why;
-    one core read memory about as fast as two on the machines measured, and reading the weights is
-    what a token costs); generate() runs its whole token loop so.
-    compile=True (only when asked: compiling takes a minute on two cores, see the module's note)
+    On a CPU at batch <= ONE_THREAD_BATCH the fast step runs on decode_threads' count (1 for a
+    model of up to STREAM_BYTES of weights, else all threads, each product split in that many
+    parts); generate() runs its whole token loop so.
+    compile=True (only when asked: compiling takes ~10 s on two cores, see the module's note)
     runs the one-token step under torch.compile, falling back to the eager fast step with one note
     if compiling fails."""
     if not (fast and _fast_kind(model) and not _hooked(model)):
         return model.step, model.init_state(batch_size)
     w = model.wte.weight
-    state = FastState(model, batch_size, w.device, w.dtype)
-    state.threads = decode_threads(model, batch_size)
+    threads = decode_threads(model, batch_size)
+    state = FastState(model, batch_size, w.device, w.dtype, parts=threads or 1)
+    state.threads = threads
     if compile:
         state.compiled = _compiled_static_step()
 
@@ -228,7 +276,7 @@ def static_step_one(model: TransformerModel, idx, state: FastState, pos):
     post = model.use_post_norm
     for layer, (n1, qkv_t, proj_t, n2, fc_t, mproj_t) in enumerate(state.layers):
         h = x if post else F.rms_norm(x, (E,), n1, eps)
-        q, k, v = (h @ qkv_t).view(B, 3, H, hd).unbind(1)  # each (B, H, hd)
+        q, k, v = _mm(h, qkv_t).view(B, 3, H, hd).unbind(1)  # each (B, H, hd)
         if rope is not None:
             q, k = _rope1(q, *rope), _rope1(k, *rope)
         state.k[layer].index_copy_(2, pos.view(1), k.unsqueeze(2))
@@ -236,11 +284,11 @@ def static_step_one(model: TransformerModel, idx, state: FastState, pos):
         y = F.scaled_dot_product_attention(q.unsqueeze(2), state.k[layer], state.v[layer],
                                            attn_mask=visible).reshape(B, E)  # (B, E)
         if post:
-            x = F.rms_norm(torch.addmm(x, y, proj_t), (E,), n1, eps)
-            x = F.rms_norm(torch.addmm(x, F.gelu(x @ fc_t), mproj_t), (E,), n2, eps)
+            x = F.rms_norm(_mm(y, proj_t, x), (E,), n1, eps)
+            x = F.rms_norm(_mm(F.gelu(_mm(x, fc_t)), mproj_t, x), (E,), n2, eps)
         else:
-            x = torch.addmm(x, y, proj_t)
-            x = torch.addmm(x, F.gelu(F.rms_norm(x, (E,), n2, eps) @ fc_t), mproj_t)
+            x = _mm(y, proj_t, x)
+            x = _mm(F.gelu(_mm(F.rms_norm(x, (E,), n2, eps), fc_t)), mproj_t, x)
     if state.norm_f is not None:
         x = F.rms_norm(x, (E,), state.norm_f, eps)
-    return x @ state.head_t  # (B, V)
+    return _mm(x, state.head)[:, :state.vocab]  # (B, V)
