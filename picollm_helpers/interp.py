@@ -336,3 +336,15 @@ def top_attended(pattern: torch.Tensor, tokens: list[str], k: int = 3) -> list[l
 def token_labels(tokenizer, ids) -> list[str]:
     """One readable label per token id, for heatmap axes: spaces shown as '␣', newlines as '\\n'."""
     return [tokenizer.decode([int(i)]).replace(" ", "␣").replace("\n", "\\n") for i in ids]
+
+
+def logit_lens(model, idx: torch.Tensor) -> torch.Tensor:
+    """(L + 1, B, T, V): the residual stream read as logits after the embeddings and after each block.
+
+    The logit lens (nostalgebraist, 2020) passes each intermediate residual stream through the final
+    norm and the output layer, as if it were the last; the last row equals the model's own logits.
+    """
+    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(len(model.blocks))]
+    _, cache = run_with_cache(model, idx, names)
+    with torch.no_grad():
+        return torch.stack([model.lm_head(model.norm_f(cache[name])) for name in names])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from picollm_helpers.checks import CHECKS, check_top_p_filter
 from picollm_helpers.checks.transformer import cached_attention
+from picollm_helpers.interp import run_with_cache, run_with_hooks
 from picollm_helpers.models.transformer import Block, CausalSelfAttention, RMSNorm, causal_mask
 
 
@@ -386,6 +387,88 @@ def resample_keeps_bias(*a):
     return _resample(*a, reset_bias=False)  # a dead feature's negative bias keeps it dead
 
 
+def induction_off_by_one(pattern, seq_len):
+    q = torch.arange(seq_len, 2 * seq_len)
+    return pattern[..., q, q - seq_len].mean(dim=(0, 2))  # the earlier copy itself: a duplicate-token score
+
+
+def induction_all_queries(pattern, seq_len):
+    q = torch.arange(1, 2 * seq_len)
+    return pattern[..., q, (q - seq_len + 1).clamp(min=0)].mean(dim=(0, 2))  # the first copy counted too
+
+
+def induction_summed(pattern, seq_len):
+    q = torch.arange(seq_len, 2 * seq_len)
+    return pattern[..., q, q - seq_len + 1].sum(dim=2).mean(0)  # a sum over the queries, not their mean
+
+
+def _earlier_same(idx):
+    T = idx.size(-1)
+    return (idx[:, :, None] == idx[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril(-1)  # (B, q, k)
+
+
+def duplicate_includes_self(pattern, idx):
+    T = idx.size(-1)
+    same = (idx[:, :, None] == idx[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()   # k <= q: itself too
+    has = _earlier_same(idx).any(-1).float()
+    return ((pattern * same[:, None]).sum(-1) * has[:, None]).sum(dim=(0, 2)) / has.sum()
+
+
+def duplicate_over_all_queries(pattern, idx):
+    return (pattern * _earlier_same(idx)[:, None]).sum(-1).mean(dim=(0, 2))  # queries without a copy count as 0
+
+
+def duplicate_max_not_sum(pattern, idx):
+    dup = _earlier_same(idx)
+    has = dup.any(-1).float()
+    mass = (pattern * dup[:, None]).amax(-1)  # only the largest earlier copy, not all of them
+    return (mass * has[:, None]).sum(dim=(0, 2)) / has.sum()
+
+
+def _ablated_with(z_fn, layer, heads):
+    def fn(model, idx, layer, heads):
+        def hook(z, name):
+            z = z.clone()
+            z[:, :, heads] = z_fn(z[:, :, heads])
+            return z
+        return run_with_hooks(model, idx, {f"blocks.{layer}.attn.hook_z": hook})
+    return fn
+
+
+def ablation_zero(model, idx, layer, heads):
+    return _ablated_with(torch.zeros_like, layer, heads)(model, idx, layer, heads)  # zero-, not mean-ablation
+
+
+def ablation_batch_mean_only(model, idx, layer, heads):
+    return _ablated_with(lambda z: z.mean(0, keepdim=True).expand_as(z), layer, heads)(model, idx, layer, heads)
+
+
+def ablation_wrong_axis(model, idx, layer, heads):
+    def hook(z, name):
+        z = z.clone()
+        z[:, heads] = z[:, heads].mean(dim=(0, 2))  # positions taken for heads
+        return z
+    return run_with_hooks(model, idx, {f"blocks.{layer}.attn.hook_z": hook})
+
+
+def lens_without_norm(model, idx):
+    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(len(model.blocks))]
+    _, cache = run_with_cache(model, idx, names)
+    return torch.stack([model.lm_head(cache[n]) for n in names])  # the final norm skipped
+
+
+def lens_blocks_only(model, idx):
+    names = [f"blocks.{i}.hook_resid_post" for i in range(len(model.blocks))]
+    _, cache = run_with_cache(model, idx, names)
+    return torch.stack([model.lm_head(model.norm_f(cache[n])) for n in names])  # no row for the embeddings
+
+
+def lens_block_middles(model, idx):
+    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_mid" for i in range(len(model.blocks))]
+    _, cache = run_with_cache(model, idx, names)
+    return torch.stack([model.lm_head(model.norm_f(cache[n])) for n in names])  # read before each block's MLP
+
+
 WRONG = {
     "block_grad_norms": [grad_norms_summed, grad_norms_attention_only, grad_norms_of_weights, grad_norms_as_list,
                          grad_norms_float32],
@@ -402,6 +485,10 @@ WRONG = {
     "transformer_block": [BlockAlwaysPreNorm, BlockNoResidual],
     "kv_cache_step": [cache_without_mask, cache_mask_top_left, cache_forgets_past],
     "previous_token_score": [prev_score_includes_query_0, prev_score_reads_self, prev_score_wrong_axis],
+    "induction_score": [induction_off_by_one, induction_all_queries, induction_summed],
+    "duplicate_token_score": [duplicate_includes_self, duplicate_over_all_queries, duplicate_max_not_sum],
+    "mean_ablated_logits": [ablation_zero, ablation_batch_mean_only, ablation_wrong_axis],
+    "logit_lens": [lens_without_norm, lens_blocks_only, lens_block_middles],
     "sae_encode": [sae_encode_no_b_dec, sae_encode_ignores_k, sae_encode_topk_wrong_dim, sae_encode_topk_no_relu],
     "normalize_decoder": [normalize_decoder_columns, normalize_decoder_whole, normalize_decoder_squared],
     "sae_loss": [sae_loss_mse_mean, sae_loss_l1_mean_features, sae_loss_l2_penalty],
@@ -941,3 +1028,39 @@ def test_the_warmup_and_sublayer_checks_pass_correct_hand_written_versions():
 
     assert CHECKS["warmup_multiplier"].run(warmup_by_cases).passed
     assert CHECKS["residual_sublayer"].run(sublayer_by_branches).passed
+
+
+def test_the_interpretability_checks_pass_correct_hand_written_versions():
+    """Lesson 07's tools written out as a student would (index tensors, a hook, the cache) pass their checks."""
+    def induction(pattern, seq_len):
+        q = torch.arange(seq_len, 2 * seq_len)
+        return pattern[..., q, q - seq_len + 1].mean(dim=(0, 2))
+
+    def duplicate(pattern, idx):
+        dup = _earlier_same(idx)                                    # (B, q, k)
+        has = dup.any(-1)                                           # (B, q)
+        mass = (pattern * dup[:, None]).sum(-1)                     # (B, H, q)
+        return mass.permute(1, 0, 2)[:, has].mean(-1)               # (H,)
+
+    def ablated(model, idx, layer, heads):
+        def hook(z, name):
+            z = z.clone()
+            for h in heads:
+                z[:, :, h] = z[:, :, h].mean(dim=(0, 1))
+            return z
+        return run_with_hooks(model, idx, {f"blocks.{layer}.attn.hook_z": hook})
+
+    def lens(model, idx):
+        _, cache = run_with_cache(model, idx)
+        streams = [cache["hook_embed"]] + [cache[f"blocks.{i}.hook_resid_post"] for i in range(len(model.blocks))]
+        return torch.stack([model.lm_head(model.norm_f(s)) for s in streams])
+
+    for name, fn in [("induction_score", induction), ("duplicate_token_score", duplicate),
+                     ("mean_ablated_logits", ablated), ("logit_lens", lens)]:
+        assert CHECKS[name].run(fn).passed, CHECKS[name].run(fn).message
+
+
+# Lesson 05: early stopping and the memorising bigram table --------------------------------------------------------
+
+def early_zero_based(test_loss, patience=None):
+    return min(range(len(test_loss)), key=lambda e: test_loss[e])  # the index, not the epoch

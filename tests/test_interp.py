@@ -15,6 +15,7 @@ from picollm_helpers.interp import (
     hook_names,
     induction_from_patterns,
     induction_scores,
+    logit_lens,
     pattern_scores,
     repeated_tokens,
     top_attended,
@@ -267,3 +268,16 @@ def test_cache_and_names_follow_the_forward_order():
     model = tiny()
     _, cache = run_with_cache(model, torch.randint(0, V, (1, 5)))
     assert list(cache) == hook_names(model)  # hooks fire in the order hook_names lists them
+
+
+@pytest.mark.parametrize("use_post_norm", [False, True])
+def test_logit_lens_reads_every_stream_and_ends_at_the_model_logits(use_post_norm):
+    model = tiny(use_post_norm=use_post_norm).eval()
+    idx = torch.randint(V, (2, 7), generator=torch.Generator().manual_seed(1))
+    lens = logit_lens(model, idx)
+    assert lens.shape == (len(model.blocks) + 1, 2, 7, V) and not lens.requires_grad
+    torch.testing.assert_close(lens[-1], run_with_hooks(model, idx, {}))         # the last row is the model
+    _, cache = run_with_cache(model, idx, ["hook_embed"])
+    with torch.no_grad():
+        torch.testing.assert_close(lens[0], model.lm_head(model.norm_f(cache["hook_embed"])))
+    assert no_hooks_left(model)

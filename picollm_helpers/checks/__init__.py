@@ -15,7 +15,13 @@ overfitting (05), positions (06), interp (07), norms (08), sae (09), linear_atte
 
 from ._core import Case, Check, CheckFailed, Verdict
 from .embedding import check_masked_loss, check_one_hot_embedding, check_training_step
-from .interp import check_previous_token_score
+from .interp import (
+    check_duplicate_token_score,
+    check_induction_score,
+    check_logit_lens,
+    check_mean_ablated_logits,
+    check_previous_token_score,
+)
 from .kgram import check_kgram_logits, check_kgram_windows
 from .linear_attention import (
     check_causal_linear_attention,
@@ -43,7 +49,8 @@ CHECKS = {c.name: c for c in (
     check_ngram_share,
     check_sinusoidal_encoding,
     check_residual_sublayer, check_warmup_multiplier, check_block_grad_norms,
-    check_previous_token_score,
+    check_previous_token_score, check_induction_score, check_duplicate_token_score, check_mean_ablated_logits,
+    check_logit_lens,
     check_causal_linear_attention, check_linear_attention_recurrent, check_gated_delta_recurrent,
     check_sae_encode, check_normalize_decoder, check_sae_loss, check_resample_dead,
 )}
