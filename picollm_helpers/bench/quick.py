@@ -88,14 +88,25 @@ def bench_decode_quick(results, new_tokens=32, repeat=5):
     uncached = generate(model, None, prompt, new_tokens, greedy=True, use_cache=False).new_ids
     same = fast == readable == uncached and len(fast) == new_tokens
     read, nbytes = read_bandwidth_fn("cpu")
+    threads = torch.get_num_threads()
+
+    def on_one_thread(n):
+        torch.set_num_threads(1)
+        try:
+            generate(model, None, prompt, n, greedy=True)
+        finally:
+            torch.set_num_threads(threads)
     fns = {"fast": lambda: generate(model, None, prompt, new_tokens + 1, greedy=True),
            "fast1": lambda: generate(model, None, prompt, 1, greedy=True),
            "readable": lambda: generate(model, None, prompt, new_tokens + 1, greedy=True, fast=False),
            "readable1": lambda: generate(model, None, prompt, 1, greedy=True, fast=False),
            "read": read}
+    if threads > 1:  # the fast step splits its products over the threads: what one thread does instead
+        fns.update(one_thread=lambda: on_one_thread(new_tokens + 1), one_thread1=lambda: on_one_thread(1))
     times, _ = timeit_rounds(fns, warmup=1, repeat=repeat)
     weights_s = flop_params(model) * 4 * times["read"] / nbytes
-    per_token = {k: (times[k] - times[k + "1"]) / new_tokens for k in ("fast", "readable")}
+    per_token = {k: (times[k] - times[k + "1"]) / new_tokens for k in ("fast", "readable", "one_thread")
+                 if k in times}
     ratio = per_token["fast"] / weights_s
     verdict = "MET" if ratio <= DECODE_TARGET and same else "MISSED"
     print(f"generation: greedy, batch 1, KV cache (E={g['E']}, L={g['L']}, H={g['H']}, V={g['V']}): fast step "
@@ -105,6 +116,9 @@ def bench_decode_quick(results, new_tokens=32, repeat=5):
     print(f"  {verdict} {ratio:.2f}x the weight-read time (target <= {DECODE_TARGET}x; readable step "
           f"{per_token['readable'] / weights_s:.2f}x); fast, readable and uncached generation: "
           f"{'the same' if same else 'DIFFERENT'} {new_tokens} tokens")
+    if "one_thread" in per_token:
+        print(f"  the fast step on {threads} threads (each product split in {threads} parts); on 1 thread it "
+              f"takes {per_token['one_thread'] * 1e3:.2f} ms/token ({per_token['one_thread'] / weights_s:.2f}x)")
     return {"decode_ratio": ratio, "decode_readable_ratio": per_token["readable"] / weights_s,
             "decode_s_per_token": per_token["fast"], "decode_weight_read_s": weights_s,
             "decode_identical": same, "decode_met": verdict == "MET"}
