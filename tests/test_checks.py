@@ -3,6 +3,7 @@ reports a student's own exception as such, and fails, readably, on deliberately 
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
