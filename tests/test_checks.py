@@ -1065,3 +1065,112 @@ def test_the_interpretability_checks_pass_correct_hand_written_versions():
 
 def early_zero_based(test_loss, patience=None):
     return min(range(len(test_loss)), key=lambda e: test_loss[e])  # the index, not the epoch
+
+
+def early_last_of_a_tie(test_loss, patience=None):
+    best = 0
+    for e in range(1, len(test_loss)):
+        if test_loss[e] <= test_loss[best]:  # a tie counted as an improvement: the later epoch kept
+            best = e
+        elif patience is not None and e - best >= patience:
+            break
+    return best + 1
+
+
+def early_ignores_patience(test_loss, patience=None):
+    return min(range(len(test_loss)), key=lambda e: test_loss[e]) + 1  # looks at epochs training never reached
+
+
+def early_one_epoch_late(test_loss, patience=None):
+    best = 0
+    for e in range(1, len(test_loss)):
+        if test_loss[e] < test_loss[best]:
+            best = e
+        elif patience is not None and e - best > patience:  # waits one epoch more than the patience
+            break
+    return best + 1
+
+
+def early_returns_stop_epoch(test_loss, patience=None):
+    best = 0
+    for e in range(1, len(test_loss)):
+        if test_loss[e] < test_loss[best]:
+            best = e
+        elif patience is not None and e - best >= patience:
+            return e + 1  # the epoch training stopped at, not the model it keeps
+    return len(test_loss)
+
+
+def bigram_across_sequences(train, test, vocab_size, alpha):
+    joined = [[t for s in train for t in s]]  # pairs that span two training sequences counted too
+    return CHECKS["bigram_losses"].reference(joined, test, vocab_size, alpha)
+
+
+def bigram_smoothing_without_vocab(train, test, vocab_size, alpha):
+    counts = np.zeros((vocab_size, vocab_size))
+    for s in train:
+        for a, b in zip(s, s[1:]):
+            counts[a, b] += 1
+
+    def loss(seqs):
+        pairs = [(a, b) for s in seqs for a, b in zip(s, s[1:])]
+        # alpha added once to the row total, not alpha x vocab_size: the row is no longer a distribution
+        return -np.mean([np.log((counts[a, b] + alpha) / (counts[a].sum() + alpha)) for a, b in pairs])
+    return loss(train), loss(test)
+
+
+def bigram_mean_of_sequences(train, test, vocab_size, alpha):
+    ref = CHECKS["bigram_losses"].reference
+    # a mean of per-sequence losses weighs a short sequence like a long one
+    return tuple(float(np.mean([ref(train, [s], vocab_size, alpha)[1] for s in seqs])) for seqs in (train, test))
+
+
+def bigram_counts_test_too(train, test, vocab_size, alpha):
+    _, te = CHECKS["bigram_losses"].reference(train + test, test, vocab_size, alpha)  # the test set in the table
+    return CHECKS["bigram_losses"].reference(train, test, vocab_size, alpha)[0], te
+
+
+def bigram_log2(train, test, vocab_size, alpha):
+    return tuple(v / np.log(2) for v in CHECKS["bigram_losses"].reference(train, test, vocab_size, alpha))  # bits
+
+
+WRONG["early_stopping_epoch"] = [early_zero_based, early_last_of_a_tie, early_ignores_patience, early_one_epoch_late,
+                                 early_returns_stop_epoch]
+WRONG["bigram_losses"] = [bigram_across_sequences, bigram_smoothing_without_vocab, bigram_mean_of_sequences,
+                          bigram_counts_test_too, bigram_log2]
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n in ("early_stopping_epoch", "bigram_losses") for w in WRONG[n]],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_the_early_stopping_and_bigram_checks_fail_plausible_mistakes(name, wrong):
+    v = CHECKS[name].run(wrong)
+    assert v.status in ("failed", "raised"), f"{wrong.__name__} passed the {name} check ({v.message})"
+    assert v.message.startswith(f"{name}: ")
+
+
+def test_the_early_stopping_and_bigram_checks_pass_correct_hand_written_versions():
+    def early_with_a_counter(test_loss, patience=None):   # counts the epochs since the last improvement
+        best_loss, best_epoch, waited = float("inf"), 0, 0
+        for epoch, loss in enumerate(test_loss, start=1):
+            if loss < best_loss:
+                best_loss, best_epoch, waited = loss, epoch, 0
+            else:
+                waited += 1
+                if patience is not None and waited >= patience:
+                    break
+        return best_epoch
+
+    def bigram_with_numpy(train, test, vocab_size, alpha):   # a count matrix and vectorised look-ups
+        counts = np.zeros((vocab_size, vocab_size))
+        for s in train:
+            np.add.at(counts, (s[:-1], s[1:]), 1)
+        logp = np.log((counts + alpha) / (counts.sum(1, keepdims=True) + alpha * vocab_size))
+        out = []
+        for seqs in (train, test):
+            a = np.concatenate([s[:-1] for s in seqs]).astype(int)
+            b = np.concatenate([s[1:] for s in seqs]).astype(int)
+            out.append(float(-logp[a, b].mean()))
+        return tuple(out)
+
+    assert CHECKS["early_stopping_epoch"].run(early_with_a_counter).passed
+    assert CHECKS["bigram_losses"].run(bigram_with_numpy).passed
