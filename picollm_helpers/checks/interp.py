@@ -50,22 +50,23 @@ def _uniform(T):
     return torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]  # (T, T) each row spread evenly
 
 
-def _induction_head(n):
-    """(2n, 2n): the first copy reads itself; query q of the second copy reads q - n + 1."""
+def _second_copy_head(n, shift):
+    """(2n, 2n) on n tokens shown twice: the first copy reads itself; query q of the second copy reads
+    key q - n + shift (shift 0: its earlier copy, a duplicate-token head; shift 1: the token after
+    that copy, an induction head)."""
     p = torch.eye(2 * n)
     q = torch.arange(n, 2 * n)
     p[q, q] = 0.0
-    p[q, q - n + 1] = 1.0
+    p[q, q - n + shift] = 1.0
     return p
+
+
+def _induction_head(n):
+    return _second_copy_head(n, shift=1)
 
 
 def _duplicate_head(n):
-    """(2n, 2n): the first copy reads itself; query q of the second copy reads its earlier copy q - n."""
-    p = torch.eye(2 * n)
-    q = torch.arange(n, 2 * n)
-    p[q, q] = 0.0
-    p[q, q - n] = 1.0
-    return p
+    return _second_copy_head(n, shift=0)
 
 
 def _ids(seed, B, T, vocab):

@@ -89,10 +89,10 @@ def _early_cases():
         Case("one epoch", lambda: ([4.2], 2)),
     ]
     rng = random.Random(5)
-    for i in range(6):
+    for patience in (None, 1, 2, 3, 5, 8):
         curve = [3.0 - 0.3 * e + 0.02 * e * e + rng.uniform(-0.15, 0.15) for e in range(20)]
-        cases.append(Case(f"a noisy U-shaped curve of 20 epochs, patience {[None, 1, 2, 3, 5, 8][i]}",
-                          lambda c=curve, p=[None, 1, 2, 3, 5, 8][i]: (c, p)))
+        cases.append(Case(f"a noisy U-shaped curve of 20 epochs, patience {patience}",
+                          lambda c=curve, p=patience: (c, p)))
     return cases
 
 
@@ -140,7 +140,7 @@ def _bigram_cases():
         Case("a nearly memorising table (alpha 0.01): train 0 1 2 1 0, test 0 2 1, vocabulary 3",
              lambda: ([[0, 1, 2, 1, 0]], [[0, 2, 1]], 3, 0.01)),
     ]
-    cases += [Case(f"random sequences (vocabulary {v}, {a_} = alpha)",
+    cases += [Case(f"random sequences (vocabulary {v}, alpha {a_})",
                    lambda s=s, v=v, a_=a_: _bigram_random(s, v, 8, 5, 30, a_))
               for s, (v, a_) in enumerate([(5, 1.0), (12, 0.1), (30, 0.01), (7, 2.0)])]
     return cases
