@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import string
 
 # Bump when the templates change, so on-disk caches of the corpus are rebuilt.
 GENERATOR_VERSION = 1
@@ -453,12 +454,26 @@ class Slots(dict):
 Step = list | tuple  # see the module docstring
 
 
+def _field_spans(template: str, slots: dict) -> list[tuple[int, int, str]]:
+    """(start, end, field) of every {field} of `template` in template.format_map(slots)."""
+    spans, pos = [], 0
+    for literal, field, _, _ in string.Formatter().parse(template):
+        pos += len(literal)
+        if field is not None:
+            n = len(("{" + field + "}").format_map(slots))
+            spans.append((pos, pos + n, field))
+            pos += n
+    return spans
+
+
 def tell(steps: list[Step], rng: random.Random, slots: dict,
-         out: list[str] | None = None) -> list[str]:
+         out: list[str] | None = None, fields: list | None = None) -> list[str]:
     """Run a table of steps; return the sentences said (appended to `out` when given).
 
     A plain dict of slots is copied first and left untouched; a Slots is bound into in place,
-    which is how the opening, the arc and the ending of one story share theirs.
+    which is how the opening, the arc and the ending of one story share theirs. With a list
+    `fields`, each sentence said also appends (sentence, [(start, end, field), ...]): where the
+    template placed each slot in it. Recording them draws nothing from rng.
     """
     if not isinstance(slots, Slots):
         slots = Slots(slots)
@@ -466,14 +481,17 @@ def tell(steps: list[Step], rng: random.Random, slots: dict,
         out = []
     for step in steps:
         if isinstance(step, list):  # by far the most common step: say one of the templates
-            out.append(cap(choose(rng, step).format_map(slots)))
+            template = choose(rng, step)
+            out.append(cap(template.format_map(slots)))
+            if fields is not None:
+                fields.append((out[-1], _field_spans(template, slots)))
             continue
         kind, arg, *rest = step
         if kind == "chance":
             if rng.random() < arg:
-                tell(rest[0], rng, slots, out)
+                tell(rest[0], rng, slots, out, fields)
             elif len(rest) > 1:
-                tell(rest[1], rng, slots, out)
+                tell(rest[1], rng, slots, out, fields)
         elif kind == "choose":
             names = arg.split()
             row = choose(rng, rest[0])
@@ -1276,29 +1294,34 @@ STORY_STEPS = {name: OPENING + steps + [("choose", "moral", MORALS[name])] + END
                for name, steps in ARC_STEPS.items()}
 
 
-def _story_and_slots(rng: random.Random) -> tuple[str, Slots]:
-    """One story and the slots it was told from (the moral's included): the same draws as make_story."""
+def _story_and_slots(rng: random.Random, fields: list | None = None) -> tuple[str, Slots]:
+    """One story and the slots it was told from (the moral's included): the same draws as make_story.
+
+    With a list `fields`, tell records where each sentence's slots stand (see tell)."""
     slots = Slots(caps(make_context(rng)))
     arc = choose(rng, ARC_NAMES)
-    return " ".join(tell(STORY_STEPS[arc], rng, slots)), slots
+    return " ".join(tell(STORY_STEPS[arc], rng, slots, fields=fields)), slots
 
 
 def make_story(rng: random.Random) -> str:
     return _story_and_slots(rng)[0]
 
 
-def _distinct_stories(n: int, seed: int):
-    """The first n distinct (story, slots) of this seed: story k has its own generator."""
+def _distinct_stories(n: int, seed: int, fields: bool = False):
+    """The first n distinct (story, slots) of this seed: story k has its own generator.
+
+    fields=True yields (story, slots, fields) instead, with tell's record of where the slots stand."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n={n!r}: the number of stories must be an integer >= 0, e.g. n=20000")
     seen, k = set(), 0
     while len(seen) < n:
         # Each story has its own generator, so story k never depends on how many are asked for.
-        story, slots = _story_and_slots(random.Random(f"picollm-stories:{seed}:{k}"))
+        record = [] if fields else None
+        story, slots = _story_and_slots(random.Random(f"picollm-stories:{seed}:{k}"), record)
         k += 1
         if story not in seen:  # rare collisions are skipped, keeping the prefix property
             seen.add(story)
-            yield story, slots
+            yield (story, slots, record) if fields else (story, slots)
 
 
 def generate_stories(n: int, seed: int = 0) -> list[str]:
@@ -1369,6 +1392,67 @@ def generate_labelled_stories(n: int, seed: int = 0) -> list[tuple[str, list[tup
     animal, the object, its colour, a place, a feeling, the treat, the parent, the moral; see
     CONCEPTS), so what a model's units respond to can be held against the truth."""
     return [(story, story_labels(story, slots)) for story, slots in _distinct_stories(n, seed)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Who each word is: token roles from where the templates placed the story's slots
+
+# The roles a story's words can take, from the slots that filled them. A slot whose value ends with
+# a name or the object ({desc} "a little girl named Lily", {thing} "red ball") gives that tail.
+ROLE_FIELDS = {
+    "hero name": ("name", "Name"),
+    "hero pronoun": ("he", "He", "him", "his", "His", "himself"),
+    "friend name": ("fname", "fName"),
+    "friend pronoun": ("fhe", "fHe", "fhim", "fhis", "fHis"),
+    "parent pronoun": ("phe", "phim", "phis"),
+    "object": ("obj",),
+}
+_TAILS = {"desc": ("hero name", "name"), "fdesc": ("friend name", "fname"), "thing": ("object", "obj"),
+          "a_thing": ("object", "obj")}
+_ROLE_OF = {field: role for role, fields in ROLE_FIELDS.items() for field in fields}
+# Slots that stand as a sentence's subject when a verb follows them ("{He} smiled", "{name} was").
+SUBJECT_FIELDS = frozenset({"he", "He", "fhe", "fHe", "phe", "name", "Name", "fname", "fName"})
+_NOT_VERBS = frozenset({"a", "all", "also", "always", "and", "really"})
+ROLES = (*ROLE_FIELDS, "subject", "verb")
+
+
+def _sentence_roles(sentence: str, spans: list[tuple[int, int, str]], slots: dict) -> list[tuple[int, int, str]]:
+    """(start, end, role) in one sentence, from where its template placed the slots."""
+    roles = []
+    for start, end, field in spans:
+        if field in _ROLE_OF:
+            roles.append((start, end, _ROLE_OF[field]))
+        elif field in _TAILS:
+            role, slot = _TAILS[field]
+            roles.append((end - len(slots[slot]), end, role))
+        elif field == "finder":   # the one who found the lost thing: the hero or the friend
+            roles.append((start, end, "hero name" if slots["finder"] == slots["name"] else "friend name"))
+        if field in SUBJECT_FIELDS:
+            m = re.match(r" ([a-z]+)\b", sentence[end:])
+            if m and m.group(1) not in _NOT_VERBS:   # "{He} smiled": a subject, then its verb
+                roles.append((start, end, "subject"))
+                roles.append((end + 1, end + 1 + len(m.group(1)), "verb"))
+    return roles
+
+
+def generate_role_stories(n: int, seed: int = 0) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """generate_stories(n, seed), each with the roles of its words: [(text, [(start, end, role), ...])].
+
+    The texts are exactly generate_stories(n, seed)'s. A role (see ROLES) says who a word is, from
+    the slot the story's template put there: the hero's or the friend's name and pronouns, the
+    parent's pronouns, the object, and for a sentence whose subject slot is followed by a verb,
+    that subject and the verb (the verb's subject is the "subject" span that ends one character
+    before it). Spans are sorted by start; a subject is also a name or a pronoun. Only words the
+    templates place directly are labelled: a pronoun inside a longer slot (an activity, "play with
+    his ball") is not."""
+    out = []
+    for story, slots, record in _distinct_stories(n, seed, fields=True):
+        roles, offset = [], 0
+        for sentence, spans in record:   # the story is its sentences joined by single spaces
+            roles += [(offset + a, offset + b, r) for a, b, r in _sentence_roles(sentence, spans, slots)]
+            offset += len(sentence) + 1
+        out.append((story, sorted(roles)))
+    return out
 
 
 if __name__ == "__main__":

@@ -100,3 +100,59 @@ def test_corpus_is_pinned(seed):
     assert stories.GENERATOR_VERSION == 1
     text = "\n".join(stories.generate_stories(2000, seed=seed))
     assert hashlib.sha256(text.encode()).hexdigest() == CORPUS_SHA256[seed]
+
+
+# ----------------------------------------------------------------------------------------------
+# Token roles: who each word is, from where the templates placed the slots
+
+@pytest.fixture(scope="module")
+def role_stories():
+    return stories.generate_role_stories(300, seed=3)
+
+
+def test_role_stories_leave_the_text_and_its_draws_unchanged(role_stories):
+    assert [text for text, _ in role_stories] == stories.generate_stories(300, seed=3)
+    assert [t for t, _ in stories.generate_role_stories(5)] == stories.generate_stories(5)
+    assert stories.generate_role_stories(0) == []
+
+
+def test_roles_hold_the_words_their_slots_drew(role_stories):
+    pronouns = {"he", "she", "him", "her", "his", "himself", "herself"}
+    for text, roles in role_stories:
+        assert roles == sorted(roles) and roles
+        assert {r for _, _, r in roles} <= set(stories.ROLES)
+        hero = {text[a:b] for a, b, r in roles if r == "hero name"}
+        friend = {text[a:b] for a, b, r in roles if r == "friend name"}
+        assert len(hero) == 1 and len(friend) <= 1 and not hero & friend, (hero, friend)
+        for a, b, r in roles:
+            word = text[a:b]
+            assert a == 0 or not text[a - 1].isalpha(), (text[a - 5:b], r)   # whole words
+            assert b == len(text) or not text[b].isalpha(), (text[a:b + 5], r)
+            if r.endswith("pronoun"):
+                assert word.lower() in pronouns, word
+            if r == "verb":
+                assert word.isalpha() and word.islower(), word
+                # its subject ends one character before it: a name or a pronoun
+                subj = [s for s in roles if s[2] == "subject" and s[1] == a - 1]
+                assert len(subj) == 1, (text[a - 20:b], roles)
+                assert {x[2] for x in roles if x[:2] == subj[0][:2]} - {"subject"} <= {
+                    "hero name", "hero pronoun", "friend name", "friend pronoun", "parent pronoun"}
+
+
+def test_roles_tell_the_hero_from_the_friend_by_the_slot_not_the_word():
+    # Stories where hero and friend share a pronoun: each "he"/"she" still belongs to one of them.
+    both = 0
+    for text, roles in stories.generate_role_stories(200, seed=4):
+        hero_p = {text[a:b].lower() for a, b, r in roles if r == "hero pronoun"}
+        friend_p = {text[a:b].lower() for a, b, r in roles if r == "friend pronoun"}
+        if hero_p & friend_p:
+            both += 1
+        assert not {(a, b) for a, b, r in roles if r == "hero pronoun"} & {
+            (a, b) for a, b, r in roles if r == "friend pronoun"}
+    assert both > 0   # such stories exist, so the roles carry what the words alone cannot
+
+
+def test_first_hero_mention_is_in_the_opening(role_stories):
+    for text, roles in role_stories:
+        first = next((a, b) for a, b, r in roles if r == "hero name")
+        assert first[1] <= text.index("."), text[:120]   # every opening's first sentence names the hero
