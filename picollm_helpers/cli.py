@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag(g, "use_position_emb", "learned absolute position embeddings (pico-llm's flag)", action="store_true")
     flag(g, "use_post_norm", "RMSNorm after each residual add (post-norm) instead of before (pre-norm)",
          action="store_true")
-    flag(g, "embed_scale", "token embeddings at unit scale, N(0, 1/E) times sqrt(E), as in Vaswani et al.",
-         action="store_true")
+    flag(g, "embed_scale", "token embeddings at unit scale, N(0, 1/E) times sqrt(E), as in Vaswani et al.; "
+                           "default: on with --pos_emb sinusoidal (at GPT-2's init the sinusoid is 35x the "
+                           "token signal and training stalls), off otherwise",
+         action=argparse.BooleanOptionalAction)
     flag(g, "dropout", "dropout probability", type=float)
 
     g = p.add_argument_group("training")

@@ -40,8 +40,9 @@ _INTS = ("num_tinystories", "num_wiki_lines", "block_size", "embed_size", "kgram
          "num_inner_mlp_layers", "lstm_layers", "n_heads", "n_blocks", "epochs", "batch_size", "warmup_steps",
          "loss_chunk_size", "length_bucket", "eval_subset", "max_new_tokens", "seed")
 _BOOLS = ("packed", "compact_vocab", "use_position_emb", "use_post_norm", "embed_scale", "compile")
-# Fields added later, left out of to_dict() at their default (see RunConfig.to_dict).
-_LATER_FIELDS = ("embed_scale", "length_bucket", "eval_subset", "attention")
+# Fields added later, left out of to_dict() at these values (see RunConfig.to_dict): a stored dictionary
+# without one of them means this value, whatever the field's default is now.
+_LATER_FIELDS = {"embed_scale": False, "length_bucket": 0, "eval_subset": 0, "attention": "softmax"}
 # The largest seed: 32 bits, the size numpy's and most tools' seeds take; seed * 1_000_003 + epoch
 # (the data split's and the batch order's generators) then stays far within torch's 64-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -138,7 +139,10 @@ class RunConfig:
     pos_emb: str = ""  # "" -> "learned" if use_position_emb else "none"
     use_position_emb: bool = False
     use_post_norm: bool = False
-    embed_scale: bool = False  # token embeddings at unit scale: N(0, 1/E) times sqrt(E) (Vaswani et al.)
+    # Token embeddings at unit scale, N(0, 1/E) times sqrt(E) (Vaswani et al.). None: on with sinusoidal
+    # positions, off otherwise. At GPT-2's N(0, 0.02) an added sinusoid (RMS 0.71) starts 35x the token signal
+    # (RMS 0.02) and training stalls near a unigram model (lesson 06); other encodings are unchanged.
+    embed_scale: bool | None = None
     attention: str = "softmax"  # "softmax", "linear" (Katharopoulos et al.) or "gated_delta" (Gated DeltaNet)
     dropout: float = 0.0
     # training
@@ -173,6 +177,9 @@ class RunConfig:
     # The report's values this run was scaled from (for_profile's keywords), for summary(); not a
     # setting, so it takes no part in equality, to_dict() or checkpoints.
     _report: dict | None = field(default=None, compare=False, repr=False)
+    # True when embed_scale was left to its default (None): replace() then resolves it again for the new
+    # pos_emb, so cfg.replace(pos_emb="sinusoidal") scales as RunConfig(pos_emb="sinusoidal") does.
+    _embed_scale_auto: bool = field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Normalise list-ish inputs so configs compare and serialise the same way. One path given
@@ -193,6 +200,9 @@ class RunConfig:
                 object.__setattr__(self, name, int(v) if isinstance(v, numbers.Integral) else float(v))
         if self.pos_emb == "":
             object.__setattr__(self, "pos_emb", "learned" if self.use_position_emb else "none")
+        if self.embed_scale is None:
+            object.__setattr__(self, "embed_scale", self.pos_emb == "sinusoidal")
+            object.__setattr__(self, "_embed_scale_auto", True)
         self._validate()
 
     def _validate(self) -> None:
@@ -327,15 +337,17 @@ class RunConfig:
         """A copy with some fields changed, validated again."""
         if "use_position_emb" in changes and "pos_emb" not in changes:
             changes["pos_emb"] = ""
+        if self._embed_scale_auto and "embed_scale" not in changes:
+            changes["embed_scale"] = None   # still the default: resolved again for the (new) pos_emb
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        del d["_report"]
+        del d["_report"], d["_embed_scale_auto"]
         # Settings added after the model cache and checkpoints existed appear only when switched on,
         # so every configuration that does not use them keeps its dictionary, and its cache key.
-        for name in _LATER_FIELDS:
-            if d[name] == getattr(RunConfig, name):
+        for name, absent in _LATER_FIELDS.items():
+            if d[name] == absent:
                 del d[name]
         d["input_files"] = list(self.input_files)
         d["top_p_values"] = list(self.top_p_values)
@@ -343,11 +355,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)} - {"_report"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"_report", "_embed_scale_auto"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known keys are the pico-llm flags in RunConfig.")
-        return cls(**d)
+        # A stored dictionary (to_dict's, a checkpoint's) lists a later field only when it differs from its
+        # _LATER_FIELDS value, so an absent one means that value: an old sinusoidal checkpoint, trained
+        # unscaled, loads unscaled.
+        return cls(**{**_LATER_FIELDS, **d})
 
     def report_config(self) -> "RunConfig":
         """The report's own configuration this run was scaled from (for_profile's keywords, in
@@ -362,10 +377,10 @@ class RunConfig:
         not listed; `print(cfg)` shows every field.
         """
         mine, report = self.to_dict(), self.report_config().to_dict()
-        for name in _LATER_FIELDS:  # to_dict leaves them out when off: listed only when one side has them on
+        for name, absent in _LATER_FIELDS.items():  # to_dict leaves them out when off: listed only when on
             if name in mine or name in report:
-                mine.setdefault(name, getattr(RunConfig, name))
-                report.setdefault(name, getattr(RunConfig, name))
+                mine.setdefault(name, absent)
+                report.setdefault(name, absent)
         changed = [k for k in mine if k != "profile" and mine[k] != report[k]]
         lines = [f"profile {self.profile}: {len(changed)} of {len(mine) - 1} settings differ from the "
                  f"report's configuration" + (":" if changed else ".")]

@@ -299,3 +299,16 @@ def test_attention_flag_sets_the_config_and_refuses_unknown_choices(capsys):
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["--attention", "cosine"])
     assert e.value.code == 2 and "gated_delta" in capsys.readouterr().err
+
+
+def test_embed_scale_follows_the_encoding_unless_a_flag_says_otherwise(capsys):
+    parser = cli.build_parser()
+    parse = lambda *argv: cli.config_from_args(parser.parse_args(["--tinystories_weight", "1.0", *argv]), parser)
+    assert parse("--pos_emb", "sinusoidal").embed_scale is True
+    assert parse("--pos_emb", "sinusoidal", "--no-embed_scale").embed_scale is False
+    assert parse("--pos_emb", "rope").embed_scale is False
+    assert parse("--pos_emb", "rope", "--embed_scale").embed_scale is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: on with --pos_emb sinusoidal" in help_text and "--no-embed_scale" in help_text

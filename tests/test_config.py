@@ -166,3 +166,32 @@ def test_length_bucket_joins_the_config_dict_only_when_set():
     assert "length_bucket" not in RunConfig().to_dict()
     assert RunConfig(length_bucket=64).to_dict()["length_bucket"] == 64
     assert RunConfig.from_dict(RunConfig(length_bucket=64).to_dict()).length_bucket == 64
+
+
+def test_embed_scale_defaults_on_with_sinusoidal_positions_only():
+    """Left unset, embed_scale follows pos_emb: on for sinusoidal (whose added sinusoid would otherwise start 35x
+    the token signal and stall training), off for the others; an explicit value always wins."""
+    assert RunConfig(pos_emb="sinusoidal").embed_scale is True
+    for pos_emb in ("none", "learned", "rope"):
+        assert RunConfig(pos_emb=pos_emb).embed_scale is False
+    assert RunConfig(pos_emb="sinusoidal", embed_scale=False).embed_scale is False
+    assert RunConfig(pos_emb="rope", embed_scale=True).embed_scale is True
+    # replace() resolves a default again for the new encoding, and keeps an explicit choice
+    assert RunConfig().replace(pos_emb="sinusoidal").embed_scale is True
+    assert RunConfig(pos_emb="sinusoidal").replace(pos_emb="rope").embed_scale is False
+    assert RunConfig(embed_scale=False).replace(pos_emb="sinusoidal").embed_scale is False
+    assert RunConfig(pos_emb="sinusoidal") == RunConfig(pos_emb="sinusoidal", embed_scale=True)
+    with pytest.raises(ValueError, match="embed_scale"):
+        RunConfig(embed_scale="yes")
+
+
+def test_a_stored_config_without_embed_scale_loads_unscaled():
+    """to_dict lists embed_scale only when on, so a dictionary without it (every checkpoint and cache key from
+    before the default changed) means off, sinusoidal or not: the old models rebuild as they were trained."""
+    old = {k: v for k, v in RunConfig(pos_emb="sinusoidal", embed_scale=False).to_dict().items()}
+    assert "embed_scale" not in old
+    assert RunConfig.from_dict(old).embed_scale is False
+    scaled = RunConfig(pos_emb="sinusoidal")
+    assert scaled.to_dict()["embed_scale"] is True and RunConfig.from_dict(scaled.to_dict()) == scaled
+    for pos_emb in ("none", "learned", "rope"):   # unchanged dictionaries, so unchanged cache keys
+        assert "embed_scale" not in RunConfig(pos_emb=pos_emb).to_dict()

@@ -231,7 +231,7 @@ def test_embed_scale_puts_tokens_at_the_sinusoids_scale(pos_emb):
 
     E = 64
     torch.manual_seed(0)
-    plain = TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb)
+    plain = TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb, embed_scale=False)
     torch.manual_seed(0)
     scaled = TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb, embed_scale=True)
     # the token signal: rows at std 1/sqrt(E), times sqrt(E) -> per-coordinate RMS ~1 (a sinusoid's is 1/sqrt(2))
@@ -246,9 +246,13 @@ def test_embed_scale_puts_tokens_at_the_sinusoids_scale(pos_emb):
         expected = expected + sinusoidal_embedding(pos, E).float()
     torch.testing.assert_close(cache["hook_embed"], expected)
     assert 0.8 < (scaled.wte(idx) * math.sqrt(E)).pow(2).mean().sqrt().item() < 1.2
-    # Off by default: the same model, the same config dictionary (so model-cache keys do not change).
-    cfg = RunConfig(embed_size=E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb)
+    # Off by default except with sinusoidal positions, whose sinusoid would drown GPT-2-scale tokens; off, the
+    # config dictionary lacks it (so the model-cache keys of the other encodings do not change).
+    sinusoidal = pos_emb == "sinusoidal"
+    assert TransformerModel(V, E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb).embed_scale is sinusoidal
+    cfg = RunConfig(embed_size=E, n_heads=4, n_blocks=1, block_size=12, pos_emb=pos_emb, embed_scale=False)
     assert "embed_scale" not in cfg.to_dict() and not build_model("transformer", cfg, V).embed_scale
+    assert build_model("transformer", cfg.replace(embed_scale=None), V).embed_scale is sinusoidal
     on = cfg.replace(embed_scale=True)
     assert on.to_dict()["embed_scale"] is True and RunConfig.from_dict(on.to_dict()) == on
     built = build_model("transformer", on, V)

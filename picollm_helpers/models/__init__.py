@@ -39,7 +39,7 @@ def _model_kwargs(kind, cfg):
     if kind == "transformer":
         return dict(embed_size=cfg.embed_size, n_heads=cfg.n_heads, n_blocks=cfg.n_blocks,
                     block_size=cfg.block_size, pos_emb=cfg.pos_emb, use_post_norm=cfg.use_post_norm,
-                    embed_scale=getattr(cfg, "embed_scale", False), dropout=cfg.dropout,
+                    embed_scale=getattr(cfg, "embed_scale", None), dropout=cfg.dropout,
                     attention=getattr(cfg, "attention", "softmax"))
     raise ValueError(f"model kind {kind!r} is not known: use one of {', '.join(KINDS)}")
 

@@ -243,13 +243,14 @@ class TransformerModel(nn.Module):
     embed_scale=True puts the token embeddings at the scale of the sinusoids, as the original
     Transformer does (Vaswani et al. 2017, section 3.4): wte is initialised N(0, 1/E) and its rows are
     multiplied by sqrt(E), so each coordinate of a token's vector has standard deviation 1 (a sine or
-    cosine has RMS 1/sqrt(2)). With the default (GPT-2's N(0, 0.02), no multiplier) an added sinusoid
-    is ~35x the token signal at E=64, and the model first has to grow its token embeddings to be
-    heard. The rule is the same for every pos_emb, so a comparison that uses it is like for like.
+    cosine has RMS 1/sqrt(2)). At GPT-2's N(0, 0.02) with no multiplier an added sinusoid is ~35x the
+    token signal, and the model first has to grow its token embeddings to be heard (lesson 06 measures
+    the stall). embed_scale=None (the default) is therefore on for "sinusoidal" and off for the others;
+    the rule is the same for every pos_emb, so a comparison that sets it for all is like for like.
     """
 
     def __init__(self, vocab_size, embed_size, n_heads, n_blocks, block_size, pos_emb="none",
-                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False, embed_scale=False,
+                 use_post_norm=False, mlp_ratio=4, dropout=0.0, tie_weights=False, embed_scale=None,
                  attention="softmax"):
         super().__init__()
         if pos_emb not in POS_EMBS:
@@ -269,6 +270,8 @@ class TransformerModel(nn.Module):
         self.n_blocks, self.block_size, self.pos_emb = n_blocks, block_size, pos_emb
         self.use_post_norm = use_post_norm
         self.head_dim = embed_size // n_heads
+        if embed_scale is None:
+            embed_scale = pos_emb == "sinusoidal"
         self.embed_scale = embed_scale
         self.attention = attention
         self.embed_mult = math.sqrt(embed_size) if embed_scale else 1.0  # what wte's rows are multiplied by
