@@ -348,3 +348,81 @@ def logit_lens(model, idx: torch.Tensor) -> torch.Tensor:
     _, cache = run_with_cache(model, idx, names)
     with torch.no_grad():
         return torch.stack([model.lm_head(model.norm_f(cache[name])) for name in names])
+
+
+# ----------------------------------------------------------------------------------------------
+# Token roles: attention between words that stand in a known relation
+
+# The relations the role measures read, each from a query role to the key tokens it should find.
+RELATIONS = {
+    "pronoun -> its name": "from a hero's or friend's pronoun to the earlier mentions of that character's name",
+    "verb -> its subject": "from a verb to the name or pronoun that is its subject, just before it",
+    "hero's verb -> first mention": "from a verb whose subject is the hero (a later mention) to the hero's "
+                                    "first mention, the name in the opening",
+}
+
+
+def role_windows(tokenizer, labelled, n_tokens: int) -> tuple[torch.Tensor, list[list[tuple]]]:
+    """The first n_tokens tokens of each labelled text that has that many, with its role spans in tokens.
+
+    labelled: [(text, [(start, end, role), ...])] with character spans, as stories.generate_role_stories
+    gives. Returns ids (B, n_tokens) in the tokenizer's ids and, per window, its spans as
+    (first, stop, role, start, end): the token positions first..stop-1 that overlap characters
+    start..end-1 (a GPT-2 token carries its leading space), for the spans wholly inside the window.
+    """
+    base = getattr(tokenizer, "base", tokenizer)   # a CompactTokenizer splits text as GPT-2 does
+    ids, spans = [], []
+    for text, roles in labelled:
+        base_ids = base.encode_ordinary(text)
+        if len(base_ids) < n_tokens:
+            continue
+        ends = torch.tensor([len(base.decode([i])) for i in base_ids]).cumsum(0)   # (T,) char end of each
+        if int(ends[-1]) != len(text):
+            raise ValueError("role_windows needs texts whose tokens decode back to them one by one")
+        starts = ends - torch.tensor([len(base.decode([i])) for i in base_ids])
+        window = []
+        for a, b, role in roles:
+            first = int((ends > a).nonzero()[0])
+            stop = int((starts < b).nonzero()[-1]) + 1
+            if stop <= n_tokens:
+                window.append((first, stop, role, a, b))
+        win = base_ids[:n_tokens]
+        ids.append(tokenizer.encode_base(win) if hasattr(tokenizer, "encode_base") else win)
+        spans.append(window)
+    return torch.tensor(ids, dtype=torch.long), spans
+
+
+def role_pairs(spans: list[list[tuple]], n_tokens: int) -> dict[str, torch.Tensor]:
+    """{relation: (B, T, T) bool}: pairs[b, q, k] is True where query q should read key k (see RELATIONS).
+
+    A query is the first token of its word; its keys are every token of the word(s) it relates to."""
+    out = {name: torch.zeros(len(spans), n_tokens, n_tokens, dtype=torch.bool) for name in RELATIONS}
+    for b, window in enumerate(spans):
+        names = {"hero": [s for s in window if s[2] == "hero name"],
+                 "friend": [s for s in window if s[2] == "friend name"]}
+        subject_at = {s[4]: s for s in window if s[2] == "subject"}            # char end -> the subject span
+        hero_spans = {(s[0], s[1]) for s in window if s[2] in ("hero name", "hero pronoun")}
+        for first, _, role, a, _ in window:
+            if role in ("hero pronoun", "friend pronoun"):
+                for k in names[role.split()[0]]:
+                    if k[1] <= first:
+                        out["pronoun -> its name"][b, first, k[0]:k[1]] = True
+            elif role == "verb" and a - 1 in subject_at:
+                subj = subject_at[a - 1]
+                out["verb -> its subject"][b, first, subj[0]:subj[1]] = True
+                hero1 = names["hero"][0] if names["hero"] else None
+                if (subj[0], subj[1]) in hero_spans and hero1 is not None and hero1[1] < subj[0]:
+                    out["hero's verb -> first mention"][b, first, hero1[0]:hero1[1]] = True
+    return out
+
+
+def pair_attention(pattern: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """(...,): the attention a query puts on its keys, summed over them, averaged over the queries that
+    have any. pattern: (B, ..., T, T), e.g. (B, L, H, T, T); pairs: (B, T, T) bool, as role_pairs gives."""
+    mask = pairs.to(pattern.dtype).reshape(pairs.size(0), *([1] * (pattern.dim() - 3)), *pairs.shape[1:])
+    mass = (pattern * mask).sum(-1)                                  # (B, ..., T)
+    has = pairs.any(-1)                                              # (B, T)
+    if not bool(has.any()):
+        raise ValueError("pair_attention: no query has a key; the windows hold no such relation")
+    mass = mass.movedim(0, -2)                                       # (..., B, T)
+    return mass[..., has].mean(-1)

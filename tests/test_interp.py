@@ -281,3 +281,59 @@ def test_logit_lens_reads_every_stream_and_ends_at_the_model_logits(use_post_nor
     with torch.no_grad():
         torch.testing.assert_close(lens[0], model.lm_head(model.norm_f(cache["hook_embed"])))
     assert no_hooks_left(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token roles
+
+def test_role_windows_map_character_spans_to_the_tokens_that_cover_them():
+    from picollm_helpers import get_tokenizer, stories
+    from picollm_helpers.interp import role_windows
+
+    tok = get_tokenizer()
+    labelled = stories.generate_role_stories(30, seed=5)
+    ids, spans = role_windows(tok, labelled, 64)
+    long_enough = [(t, r) for t, r in labelled if len(tok.encode_ordinary(t)) >= 64]
+    assert ids.shape == (len(long_enough), 64) and len(spans) == len(long_enough)
+    for (text, roles), row, window in zip(long_enough, ids, spans):
+        assert row.tolist() == tok.encode_ordinary(text)[:64]
+        assert window and all(stop <= 64 for _, stop, *_ in window)
+        for first, stop, role, a, b in window:
+            words = tok.decode(row[first:stop].tolist())
+            assert words.strip() == text[a:b], (words, text[a:b], role)   # a token carries its leading space
+            assert (role, a, b) in {(r, x, y) for x, y, r in roles}
+        assert len(window) == sum(1 for x, y, r in roles if len(tok.encode_ordinary(text[:y])) <= 64)
+
+
+def test_role_pairs_link_each_query_to_its_words():
+    from picollm_helpers.interp import RELATIONS, role_pairs
+
+    # "Lily was sad. She saw Lily's kite" by hand, in token positions (one token per word here)
+    window = [(0, 1, "hero name", 0, 4), (0, 1, "subject", 0, 4), (1, 2, "verb", 5, 8),
+              (4, 5, "hero pronoun", 14, 17), (4, 5, "subject", 14, 17), (5, 6, "verb", 18, 21),
+              (6, 7, "hero name", 22, 26), (7, 8, "friend pronoun", 27, 29)]
+    pairs = role_pairs([window], 10)
+    assert set(pairs) == set(RELATIONS)
+    on = {name: sorted(map(tuple, p[0].nonzero().tolist())) for name, p in pairs.items()}
+    assert on["verb -> its subject"] == [(1, 0), (5, 4)]
+    assert on["pronoun -> its name"] == [(4, 0)]            # the friend pronoun has no friend's name to find
+    assert on["hero's verb -> first mention"] == [(5, 0)]   # "Lily was": its subject IS the first mention
+
+
+def test_pair_attention_scores_exact_heads_one_and_leaves_out_queries_without_keys():
+    from picollm_helpers.interp import pair_attention
+
+    T = 6
+    pairs = torch.zeros(2, T, T, dtype=torch.bool)
+    pairs[0, 3, 1] = pairs[0, 5, 2] = pairs[1, 4, 0] = True
+    exact = torch.zeros(2, T, T)
+    exact[0, 3, 1] = exact[0, 5, 2] = exact[1, 4, 0] = 1.0
+    uniform = uniform_pattern(T).expand(2, T, T)
+    both = torch.stack([exact, uniform], 1)[:, None]                       # (B, L=1, H=2, T, T)
+    got = pair_attention(both, pairs)
+    assert got.shape == (1, 2)
+    assert got[0, 0] == 1.0
+    assert math.isclose(float(got[0, 1]), (1 / 4 + 1 / 6 + 1 / 5) / 3, rel_tol=1e-6)
+    assert pair_attention(both, pairs.roll(1, 0))[0, 0] == 0.0             # another window's pairs: none hit
+    with pytest.raises(ValueError, match="no query"):
+        pair_attention(both, torch.zeros_like(pairs))
