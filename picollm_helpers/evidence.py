@@ -11,6 +11,7 @@ was held against, the margin between them, the seeds, one sentence a student can
 the run cannot decide, what would tell. A margin within 10% of its threshold is a knife edge.
 
   compare       variants over seeds, in a claimed order (t-intervals of each adjacent pair's gap)
+  at_least_as_good  one variant no worse than each other one by more than a tolerance (non-inferiority)
   trend         is a curve falling, flat or rising at the end (a line fit and its t-interval)
   overfitting   does the test loss rise from its best epoch, beyond the run's own noise
   baseline      does a score beat an untrained or null baseline by more than its spread and a floor
@@ -292,6 +293,79 @@ def compare(values: dict, expect: list, *, lower_is_better: bool = True, paired:
     return Evidence("compare", verdict, reason, f"mean gap {key['better']} vs {key['worse']}", gap,
                     threshold if finite else None, gap - threshold if finite else None, n, sentence,
                     would_tell, details)
+
+
+def at_least_as_good(values: dict, claimed: str, *, tolerance: float, higher_is_better: bool = True,
+                     paired: bool = True, confidence: float = 0.95, min_seeds: int = 3,
+                     what: str = "value") -> Evidence:
+    """Is `claimed` at least as good as every other variant, up to `tolerance` (a non-inferiority test)?
+    `values`: {variant: one number per seed}; `tolerance`: how much worse still counts as "as good", in
+    the values' units (no default: it is the claim's own yardstick).
+
+    For each other variant, the t-interval of the gap claimed - other (positive when `claimed` is better;
+    paired differences, or Welch's interval when not `paired`, as in `compare`):
+      reproduced   every interval's low end above -tolerance: no variant is better by the tolerance;
+      refuted      some variant better by more than the tolerance, its whole interval below -tolerance;
+      not distinguishable otherwise: "too-few-seeds" below `min_seeds`, else "inside-seed-spread".
+    The key number is the gap to the strongest other variant (the refuting one, else the one with the
+    lowest interval end); threshold = -tolerance; margin = low + tolerance (for a refuting variant,
+    -tolerance - high), positive exactly when that variant's verdict holds.
+    """
+    if not isinstance(values, dict) or claimed not in values or len(values) < 2:
+        raise ValueError(f"values must be a dict {{variant: [one number per seed]}} with {claimed!r} and at "
+                         f"least one other variant; got {sorted(values) if isinstance(values, dict) else values!r}")
+    tolerance = _positive("tolerance", tolerance)
+    _check_confidence(confidence)
+    if not isinstance(min_seeds, int) or min_seeds < 2:
+        raise ValueError(f"min_seeds={min_seeds!r} must be an int >= 2 (one seed shows no spread)")
+    arrays = {name: _values(f"values[{name!r}]", v) for name, v in values.items()}
+    if paired and len({len(a) for a in arrays.values()}) > 1:
+        raise ValueError(f"paired=True needs one value per seed, same seeds, for every variant; the counts are "
+                         f"{ {k: len(a) for k, a in arrays.items()} }: pass paired=False for independent runs")
+    sign = 1.0 if higher_is_better else -1.0
+    sign_gap = -sign   # _gap's sign is for "lower is better"
+    pairs = {other: _gap(arrays[claimed], arrays[other], sign_gap, paired, confidence)
+             for other in arrays if other != claimed}
+    n = min(len(a) for a in arrays.values())
+    refuting = {o: p for o, p in pairs.items() if p["high"] < -tolerance}
+    if refuting:
+        other = min(refuting, key=lambda o: refuting[o]["gap"])
+    else:
+        other = min(pairs, key=lambda o: pairs[o]["low"])
+    key = pairs[other]
+    if n < min_seeds:
+        verdict, reason = NOT_DISTINGUISHABLE, "too-few-seeds"
+    elif refuting:
+        verdict, reason = REFUTED, "worse-beyond-tolerance"
+    elif all(p["low"] > -tolerance for p in pairs.values()):
+        verdict, reason = REPRODUCED, "within-tolerance"
+    else:
+        verdict, reason = NOT_DISTINGUISHABLE, "inside-seed-spread"
+    finite = math.isfinite(key["half"])
+    margin = (-tolerance - key["high"]) if refuting else (key["low"] + tolerance)
+    interval = (f"{round(confidence * 100)}% interval {_g(key['low'])} to {_g(key['high'])}" if finite
+                else "no interval from 1 seed")
+    ending = {"within-tolerance": f", above -{_g(tolerance)}: at least as good",
+              "worse-beyond-tolerance": f", below -{_g(tolerance)}: {other} is better by more than the tolerance",
+              "inside-seed-spread": f", an interval that reaches below -{_g(tolerance)}",
+              "too-few-seeds": f", too few seeds to trust the spread (at least {min_seeds})"}[reason]
+    sentence = (f"{claimed}'s {what} minus {other}'s (positive when {claimed} is better) is {_g(key['gap'])} "
+                f"({interval}) over {n} seed{'s' * (n != 1)}{ending}")
+    would_tell = None
+    if verdict == NOT_DISTINGUISHABLE:
+        if not math.isfinite(key["spread"]):
+            would_tell = f"at least {min_seeds} seeds per variant, to measure the spread"
+        else:
+            m = _seeds_needed(key["gap"] + tolerance, key["spread"], confidence)
+            would_tell = (f"about {max(m, min_seeds)} seeds per variant (now {n}) would place the interval of a "
+                          f"gap of {_g(key['gap'])} above -{_g(tolerance)}" if m else
+                          f"a larger tolerance or a longer run: a gap of {_g(key['gap'])} sits at -{_g(tolerance)}")
+    details = {"means": {k: float(a.mean()) for k, a in arrays.items()},
+               "pairs": {o: {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in p.items()}
+                         for o, p in pairs.items()},
+               "tolerance": tolerance, "paired": paired, "confidence": confidence}
+    return Evidence("at_least_as_good", verdict, reason, f"gap {claimed} minus {other}", key["gap"], -tolerance,
+                    margin if finite else None, n, sentence, would_tell, details)
 
 
 TRENDS = ("falling", "flat", "rising")

@@ -1148,6 +1148,119 @@ def test_the_early_stopping_and_bigram_checks_pass_correct_hand_written_versions
     assert CHECKS["bigram_losses"].run(bigram_with_numpy).passed
 
 
+# Lesson 06: rotary position embeddings ------------------------------------------------------------------------
+
+def _rope_angles(pos, hd, base=10000.0, exponent=2.0):
+    inv_freq = base ** (-exponent * torch.arange(hd // 2, dtype=torch.float64) / hd)   # (hd/2,)
+    return pos.to(torch.float64)[:, None] * inv_freq                                   # (T, hd/2)
+
+
+def _rotate_halves(x, angle):
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def rope_interleaved(x, pos):   # Su et al.'s neighbouring pairs (2i, 2i+1), not the kit's halves
+    angle = _rope_angles(pos, x.shape[-1])
+    pairs = x.unflatten(-1, (-1, 2))                                                  # (..., T, hd/2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def rope_base_1000(x, pos):
+    return _rotate_halves(x, _rope_angles(pos, x.shape[-1], base=1000.0))
+
+
+def rope_exponent_i(x, pos):    # 10000^(-i/hd): the pairs turn too slowly
+    return _rotate_halves(x, _rope_angles(pos, x.shape[-1], exponent=1.0))
+
+
+def rope_clockwise(x, pos):
+    return _rotate_halves(x, -_rope_angles(pos, x.shape[-1]))
+
+
+def rope_positions_from_zero(x, pos):   # ignores the positions it is given
+    return _rotate_halves(x, _rope_angles(torch.arange(x.shape[-2]), x.shape[-1]))
+
+
+def rope_position_plus_one(x, pos):
+    return _rotate_halves(x, _rope_angles(pos + 1, x.shape[-1]))
+
+
+def rope_scales_not_rotates(x, pos):    # each coordinate times cos: no pair is mixed, q.k is not relative
+    cos = _rope_angles(pos, x.shape[-1]).cos().to(x.dtype)
+    return x * torch.cat([cos, cos], dim=-1)
+
+
+def rope_float32_angles(x, pos):        # angles in float32: at position 1000 they are off by about 6e-5
+    angle = (pos.float()[:, None] * 10000.0 ** (-2 * torch.arange(x.shape[-1] // 2).float() / x.shape[-1]))
+    return _rotate_halves(x, angle.double())
+
+
+WRONG["rope_rotate"] = [rope_interleaved, rope_base_1000, rope_exponent_i, rope_clockwise, rope_positions_from_zero,
+                        rope_position_plus_one, rope_scales_not_rotates, rope_float32_angles]
+
+
+def test_the_rope_check_passes_correct_hand_written_versions():
+    from picollm_helpers.checks import check_rope_rotate
+
+    def as_complex(x, pos):   # each pair (x_i, x_{i + hd/2}) as one complex number, times e^(i angle)
+        x1, x2 = x.chunk(2, dim=-1)
+        angle = _rope_angles(pos, x.shape[-1])                                             # (T, hd/2)
+        z = torch.complex(x1.double(), x2.double()) * torch.polar(torch.ones_like(angle), angle)
+        return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+    def as_rotation_matrices(x, pos):   # an explicit 2x2 rotation for every position and pair
+        angle = _rope_angles(pos, x.shape[-1])                           # (T, hd/2)
+        rot = torch.stack([torch.stack([angle.cos(), -angle.sin()], -1),
+                           torch.stack([angle.sin(), angle.cos()], -1)], -2)   # (T, hd/2, 2, 2)
+        pairs = torch.stack(x.double().chunk(2, dim=-1), dim=-1)          # (..., T, hd/2, 2)
+        turned = (rot @ pairs[..., None])[..., 0]                          # (..., T, hd/2, 2)
+        return torch.cat([turned[..., 0], turned[..., 1]], dim=-1).to(x.dtype)
+
+    for fn in (as_complex, as_rotation_matrices):
+        v = check_rope_rotate.run(fn)
+        assert v.passed, v.message
+
+
+def test_the_rope_property_case_names_a_map_that_is_not_a_rotation():
+    """A map that is not a rotation fails the relative-position case by the score change it makes, and a rotation
+    with the wrong layout or base still passes that case (any rotation by angles proportional to the position is
+    relative): the property and the comparison with the kit catch different mistakes."""
+    from picollm_helpers.checks.positions import SHIFT, _observe_rope, _rope_cases
+    from picollm_helpers.models.positions import rope_rotate
+    (x, pos), kwargs = _rope_cases()[-1].arguments()
+    assert kwargs == {"shift": SHIFT}
+    assert _observe_rope(rope_rotate, x, pos, **kwargs).abs().max() < 1e-12
+    for relative in (rope_interleaved, rope_base_1000, rope_clockwise, rope_position_plus_one):
+        assert _observe_rope(relative, x, pos, **kwargs).abs().max() < 1e-12, relative.__name__
+    assert _observe_rope(rope_scales_not_rotates, x, pos, **kwargs).abs().max() > 0.1
+    assert CHECKS["rope_rotate"].run(rope_scales_not_rotates).status == "failed"
+
+
+def test_rope_rotate_is_what_the_transformers_attention_applies():
+    """The exercise's reference is the rotation the kit's attention applies to queries and keys: hook_q holds
+    rope_rotate of the unrotated queries, and q_m . k_n depends on m - n only."""
+    from picollm_helpers.models.positions import rope_rotate
+    from picollm_helpers.models.transformer import TransformerModel
+    torch.manual_seed(0)
+    model = TransformerModel(50, 32, n_heads=4, n_blocks=1, block_size=16, pos_emb="rope")
+    idx = torch.randint(0, 50, (2, 9))
+    _, cache = run_with_cache(model, idx, names=["blocks.0.attn.hook_q"])
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        h = model.blocks[0].norm1(model.wte(idx))                                             # (B, T, E)
+        q = attn.qkv(h).view(2, 9, 3, 4, 8)[:, :, 0].transpose(1, 2)                           # (B, H, T, hd)
+    torch.testing.assert_close(cache["blocks.0.attn.hook_q"], rope_rotate(q, torch.arange(9)))
+    qv, kv = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    def score(m, n):
+        return (rope_rotate(qv[None], torch.tensor([m]))[0] @ rope_rotate(kv[None], torch.tensor([n]))[0]).item()
+
+    assert math.isclose(score(5, 2), score(105, 102), abs_tol=1e-9) and not math.isclose(score(5, 2), score(5, 3))
+
+
 # Last in the module, so that it runs every wrong implementation registered in WRONG above, the later
 # lessons' included (a parametrize list is read when its test is defined).
 @pytest.mark.parametrize("name,wrong", [(n, w) for n, ws in WRONG.items() for w in ws],

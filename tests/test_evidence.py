@@ -403,3 +403,41 @@ def test_all_of_refutes_on_any_part_decides_on_the_first_undecided_and_shows_a_k
     assert undecided.would_tell == noisy.would_tell
     with pytest.raises(ValueError, match="non-empty dict"):
         E.all_of({})
+
+
+def test_at_least_as_good_within_the_tolerance_is_reproduced_and_clearly_worse_is_refuted():
+    equal = {"none": [1.0, 0.996, 1.0], "rope": [1.0, 1.0, 0.998], "learned": [0.998, 1.0, 1.0]}
+    ev = E.at_least_as_good(equal, "none", tolerance=0.02)
+    assert ev.verdict == E.REPRODUCED and ev.reason == "within-tolerance" and ev.threshold == -0.02
+    assert ev.margin > 0 and "at least as good" in ev.sentence
+    worse = {"none": [0.80, 0.82, 0.81], "rope": [0.99, 1.0, 0.98], "learned": [0.9, 0.91, 0.9]}
+    ev = E.at_least_as_good(worse, "none", tolerance=0.02)
+    assert ev.verdict == E.REFUTED and ev.reason == "worse-beyond-tolerance"
+    assert ev.key == "gap none minus rope" and math.isclose(ev.value, -0.18) and ev.margin > 0
+    better = {"none": [0.9, 0.91, 0.92], "rope": [0.5, 0.55, 0.52]}
+    assert E.at_least_as_good(better, "none", tolerance=0.02).verdict == E.REPRODUCED
+
+
+def test_at_least_as_good_undecided_by_noise_or_too_few_seeds():
+    noisy = {"none": [0.7, 1.0, 0.85], "rope": [0.95, 0.9, 1.0]}
+    ev = E.at_least_as_good(noisy, "none", tolerance=0.02)
+    assert ev.verdict == E.NOT_DISTINGUISHABLE and ev.reason == "inside-seed-spread" and ev.would_tell
+    two = {"none": [1.0, 1.0], "rope": [1.0, 1.0]}
+    assert E.at_least_as_good(two, "none", tolerance=0.02).reason == "too-few-seeds"
+
+
+def test_at_least_as_good_lower_is_better_flips_the_direction():
+    losses = {"none": [2.0, 2.01, 2.02], "rope": [1.5, 1.52, 1.51]}   # rope's loss is lower: none is worse
+    assert E.at_least_as_good(losses, "none", tolerance=0.05, higher_is_better=False).verdict == E.REFUTED
+    assert E.at_least_as_good(losses, "rope", tolerance=0.05, higher_is_better=False).verdict == E.REPRODUCED
+
+
+@pytest.mark.parametrize("values, claimed, kwargs, match", [
+    ({"none": [1, 1, 1]}, "none", {"tolerance": 0.1}, "at least one other"),
+    ({"none": [1, 1, 1], "rope": [1, 1, 1]}, "learned", {"tolerance": 0.1}, "'learned'"),
+    ({"none": [1, 1, 1], "rope": [1, 1, 1]}, "none", {"tolerance": 0}, "tolerance"),
+    ({"none": [1, 1, 1], "rope": [1, 1]}, "none", {"tolerance": 0.1}, "paired=True"),
+])
+def test_at_least_as_good_rejects_bad_input(values, claimed, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        E.at_least_as_good(values, claimed, **kwargs)

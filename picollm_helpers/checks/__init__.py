@@ -30,7 +30,7 @@ from .linear_attention import (
 )
 from .norms import check_block_grad_norms, check_residual_sublayer, check_warmup_multiplier
 from .overfitting import check_bigram_losses, check_early_stopping_epoch, check_ngram_share
-from .positions import check_sinusoidal_encoding
+from .positions import check_rope_rotate, check_sinusoidal_encoding
 from .sae import check_normalize_decoder, check_resample_dead, check_sae_encode, check_sae_loss
 from .sampling import check_sampling_distribution, check_top_k_filter, check_top_p_filter
 from .transformer import (
@@ -47,7 +47,7 @@ CHECKS = {c.name: c for c in (
     check_top_p_filter, check_top_k_filter, check_sampling_distribution,
     check_rms_norm, check_attention_head, check_causal_self_attention, check_transformer_block, check_kv_cache_step,
     check_ngram_share, check_early_stopping_epoch, check_bigram_losses,
-    check_sinusoidal_encoding,
+    check_sinusoidal_encoding, check_rope_rotate,
     check_residual_sublayer, check_warmup_multiplier, check_block_grad_norms,
     check_previous_token_score, check_induction_score, check_duplicate_token_score, check_mean_ablated_logits,
     check_logit_lens,

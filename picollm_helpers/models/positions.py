@@ -41,3 +41,13 @@ def apply_rope(x, cos, sin):
     """
     x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, head_dim/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def rope_rotate(x, pos):
+    """x (..., T, head_dim) rotated as at positions pos (T,): apply_rope with rope_cos_sin's angles.
+
+    Pair i = (x[..., i], x[..., i + head_dim/2]) turns by pos * 10000^(-2i/head_dim), the halves layout
+    of GPT-NeoX and LLaMA; Su et al. pair neighbours (2i, 2i+1): the same rotation on permuted
+    coordinates, but not the same numbers. The result has x's dtype (lesson 06's exercise).
+    """
+    return apply_rope(x, *rope_cos_sin(pos, x.shape[-1], x.dtype))
