@@ -262,8 +262,7 @@ def compare(values: dict, expect: list, *, lower_is_better: bool = True, paired:
     finite = math.isfinite(half)
     claimed, other = ("lower", "higher") if lower_is_better else ("higher", "lower")
     low, high = (key["low"], key["high"]) if gap >= 0 else (-key["high"], -key["low"])
-    interval = (f"{round(confidence * 100)}% interval {_g(low)} to {_g(high)}" if finite
-                else "no interval from 1 seed")
+    interval = _interval_text(low, high, confidence, finite)
     ending = {"in-order": ", as claimed", "reversed": ", the opposite of the claimed order",
               "below-min-effect": f", smaller than the {_g(min_effect)} that counts",
               "inside-seed-spread": (", an interval that includes 0" if key["low"] <= 0
@@ -293,6 +292,11 @@ def compare(values: dict, expect: list, *, lower_is_better: bool = True, paired:
     return Evidence("compare", verdict, reason, f"mean gap {key['better']} vs {key['worse']}", gap,
                     threshold if finite else None, gap - threshold if finite else None, n, sentence,
                     would_tell, details)
+
+
+def _interval_text(low, high, confidence, finite) -> str:
+    """A gap's interval as the sentences say it: "95% interval low to high", or, from one seed, that there is none."""
+    return f"{round(confidence * 100)}% interval {_g(low)} to {_g(high)}" if finite else "no interval from 1 seed"
 
 
 def at_least_as_good(values: dict, claimed: str, *, tolerance: float, higher_is_better: bool = True,
@@ -343,8 +347,7 @@ def at_least_as_good(values: dict, claimed: str, *, tolerance: float, higher_is_
         verdict, reason = NOT_DISTINGUISHABLE, "inside-seed-spread"
     finite = math.isfinite(key["half"])
     margin = (-tolerance - key["high"]) if refuting else (key["low"] + tolerance)
-    interval = (f"{round(confidence * 100)}% interval {_g(key['low'])} to {_g(key['high'])}" if finite
-                else "no interval from 1 seed")
+    interval = _interval_text(key['low'], key['high'], confidence, finite)
     ending = {"within-tolerance": f", above -{_g(tolerance)}: at least as good",
               "worse-beyond-tolerance": f", below -{_g(tolerance)}: {other} is better by more than the tolerance",
               "inside-seed-spread": f", an interval that reaches below -{_g(tolerance)}",
