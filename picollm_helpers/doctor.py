@@ -438,7 +438,9 @@ def check_speed() -> Check:
         q = json.loads(path.read_text(encoding="utf-8"))
         pred = q.get("predicted_s") or {}
         lessons = ", ".join(f"{name[:2]} {_minutes(s)}" for name, s in pred.items())
-        detail = (f"bench quick ({q['measured_at']}, load {q['load_average']:.1f}): laptop step "
+        steal = q.get("decode_steal")
+        steal = f", steal {steal:.0%}" if steal is not None else ""  # the hypervisor's share of the CPU time
+        detail = (f"bench quick ({q['measured_at']}, load {q['load_average']:.1f}{steal}): laptop step "
                   f"{q['laptop_step_tokens_per_s']:,.0f} tok/s (MFU {q['laptop_step_mfu']:.0%}); decode "
                   f"{'MET' if q['decode_met'] else 'MISSED'} {q['decode_ratio']:.2f}x the weight-read time; "
                   f"predicted lesson minutes here: {lessons}; all {_minutes(sum(pred.values()))}")

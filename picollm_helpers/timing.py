@@ -119,6 +119,32 @@ def timeit_rounds(fns: dict, warmup=1, repeat=3, device=None, memory=()):
     return {name: statistics.median(t) for name, t in times.items()}, mem
 
 
+def cpu_ticks(path="/proc/stat"):
+    """(steal, total) CPU time of all cores in clock ticks since boot, from /proc/stat (Linux), or
+    None where there is no such file. Steal is time a virtual machine's cores were ready to run but
+    the hypervisor ran another guest: on a shared cloud machine it slows every timing, and most of
+    all work whose threads wait for each other (a parallel region waits for its slowest core)."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user and nice]
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return steal, sum(ticks[:8])
+
+
+def steal_share(before, after) -> float | None:
+    """The share of CPU time the hypervisor took between two cpu_ticks() readings (None when either
+    is None or no time passed)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory
 

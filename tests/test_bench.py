@@ -146,11 +146,11 @@ def test_quick_result_is_what_make_doctor_shows(tmp_path, monkeypatch):
     missing = doctor.check_speed()
     assert missing.status is None and "bench quick" in missing.fix
     quick.save_quick({"machine": "m", "load_average": 0.5, "laptop_step_tokens_per_s": 12345.0, "laptop_step_mfu": 0.2,
-                      "decode_ratio": 1.1, "decode_met": True, "decode_identical": True,
+                      "decode_ratio": 1.1, "decode_met": True, "decode_identical": True, "decode_steal": 0.12,
                       "predicted_s": {"04_transformer": 300.0, "05_overfitting": 45.0}})
     got = doctor.check_speed()
     assert got.status is True
-    for part in ("12,345 tok/s", "MET 1.10x", "04 5 min", "05 45 s", "all 6 min", "load 0.5"):
+    for part in ("12,345 tok/s", "MET 1.10x", "04 5 min", "05 45 s", "all 6 min", "load 0.5, steal 12%"):
         assert part in got.detail
     (tmp_path / quick.RESULT_FILE).write_text("{}")
     assert doctor.check_speed().status is None  # an incomplete file is reported, not raised
@@ -162,6 +162,21 @@ def test_quick_names_the_cpu_capability_and_its_limits(monkeypatch):
     cap = quick.cpu_capability()
     assert cap.startswith(torch.backends.cpu.get_cpu_capability()) and "ATEN_CPU_CAPABILITY=avx2" in cap
     assert quick.cpu_name()
+
+
+def test_steal_share_reads_the_hypervisors_ticks_from_proc_stat(tmp_path):
+    from picollm_helpers.timing import cpu_ticks, steal_share
+    stat = tmp_path / "stat"
+    #              user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3 4 5 6 7 8 9 0\n")
+    before = cpu_ticks(stat)
+    assert before == (35, 1000)  # guest time is already inside user time: not counted twice
+    stat.write_text("cpu  160 0 70 900 10 0 5 135 9 0\n")
+    assert steal_share(before, cpu_ticks(stat)) == 100 / 280
+    assert steal_share(before, before) is None and steal_share(None, before) is None
+    assert cpu_ticks(tmp_path / "missing") is None
+    stat.write_text("intr 1 2 3\n")
+    assert cpu_ticks(stat) is None
 
 
 def test_quick_is_a_case_of_its_own():

@@ -52,7 +52,8 @@ def test_products_split_over_threads_give_the_same_tokens(kw, monkeypatch):
     torch.set_num_threads(2)  # two parts, also on a one-core runner
     try:
         _, state = decode_fn(model, 1)
-        assert state.threads == 2 and state.head.shape[0] == 2 and state.layers[0][1].shape[0] == 2
+        assert state.threads == 2 and state.layers[0][1].shape[0] == 2
+        assert state.head.shape[0] == 2 * decode.HEAD_PARTS_PER_THREAD  # 8 row parts of 13: 7 rows of padding
         prompt = [3, 14, 15, 9, 26]
         fast = generate(model, None, prompt, 30, greedy=True).new_ids
         assert fast == generate(model, None, prompt, 30, greedy=True, fast=False).new_ids
@@ -71,6 +72,17 @@ def test_weights_in_parts_multiply_as_the_whole_weight():
         torch.testing.assert_close(decode._mm(x, wp)[:, :7], x @ w)
         if n == 8:
             torch.testing.assert_close(decode._mm(x, wp, add), add + torch.cat([x @ w, torch.zeros(3, 1)], 1))
+
+
+def test_output_layer_in_row_parts_multiplies_as_the_whole_weight():
+    w = torch.randn(7, 6)  # a Linear's (N, K): N = 7 does not split evenly
+    x = torch.randn(3, 6)
+    for parts in (1, 2, 3, 8):
+        wp = decode._rows(w, parts)
+        assert wp.shape[0] == parts and wp.shape[0] * wp.shape[1] >= 7
+        y = decode._rows_mm(x, wp)
+        torch.testing.assert_close(y[:, :7], x @ w.t())
+        assert not y[:, 7:].any()  # the padding rows give zeros, never a token's logit
 
 
 @pytest.mark.parametrize("kw", SHAPES[:4], ids=["learned", "none", "sinusoidal", "rope"])

@@ -15,9 +15,12 @@ half as many, larger operations, from weights prepared once per generation:
   functions the readable path calls (so the same values);
 - the new key and value are written into the preallocated cache with one copy each;
 - on a CPU, a model whose weights fit in STREAM_BYTES runs on one thread (syncing a thread pool
-  per small operation costs more than a second core gains); a larger one splits every product,
-  the output layer's included, into one part per thread (_parts, _mm), so that all cores read
-  weights at once: reading them is then what a token costs (decode_threads).
+  per small operation costs more than a second core gains); a larger one splits every block's
+  product into one part per thread (_parts, _mm), so that all cores read weights at once: reading
+  them is then what a token costs (decode_threads);
+- the output layer, most of what a token reads at a GPT-2 vocabulary, is kept as blocks of whole
+  rows, HEAD_PARTS_PER_THREAD per thread, each output a dot product of one contiguous row with the
+  hidden state (_rows, _rows_mm): the layout in which it is read as fast as a plain sum over it.
 
 Anything this step does not cover goes through the readable `model.step` unchanged: the prompt
 (several tokens at once), a full window (block_size positions: the readable step slides it), and a
@@ -26,11 +29,13 @@ model with a hook registered on any hook point (hooks must see the activations t
 
 torch.compile: the one-token step can also be compiled with a static shape (the whole cache and a
 mask instead of a slice): `decode_fn(..., compile=True)` runs `static_step_one` under torch.compile.
-It is not faster here: Inductor fuses the norms and the GELU into the products that follow them and
-turns those into its own reduction loops, which read the (K, n) weight parts column by column, far
-below the memory's speed (on two AVX2 cores: ~10 ms per token against ~2 ms eager, for the
-benchmark's 61 MiB model, after ~10 s of compiling). generate() never compiles: the eager step is
-already at the memory limit, and compiling costs more than a lesson's generation.
+It is not faster here. Inductor turns a batched product with a single row or column (every
+product at batch 1) into its own reduction loop, fused with the norm or GELU before it, and that
+loop reads the weights below the memory's speed; the products it leaves to the library are
+separate calls, as in the eager step, and the static cache makes attention read all max_len
+positions. On two AVX2 cores, for the benchmark's 61 MiB model: ~10 ms per token compiled against
+~2 ms eager in the column layout the blocks use; 2.1 ms against 1.7 ms eager with the output layer
+in row parts; after 4-10 s of compiling. generate() never compiles.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class FastState(KVCache):
             self.pos_table = sinusoidal_embedding(pos, model.embed_size).to(dtype)
         self.rope = rope_cos_sin(pos, model.head_dim, dtype) if model.pos_emb == "rope" else None
         self.wte = w(model.wte.weight)
-        self.head = _parts(self.head_t, parts)  # (P, E, V/P): the output layer, in parts
+        self.head = _rows(model.lm_head.weight.detach().to(device=device, dtype=dtype),
+                          HEAD_PARTS_PER_THREAD * parts)  # (P, V/P, E): the output layer, in row parts
         self.vocab = model.vocab_size
         self.threads = None         # run the fast step on this many threads (None: the caller's)
         self.compiled = None        # a compiled static_step_one, or None: the eager fast step
@@ -117,6 +123,30 @@ def _mm(x, w, add=None):
     return y.transpose(0, 1).reshape(B, P * n)  # a view at batch 1
 
 
+HEAD_PARTS_PER_THREAD = 4  # the output layer's row parts per thread (see _rows_mm)
+
+
+def _rows(w, parts):
+    """A Linear's (N, K) weight as `parts` blocks of whole rows, stacked (P, ceil(N/P), K), the last
+    padded with zero rows: _parts' column blocks of w^T, each transposed back. See _rows_mm."""
+    return _parts(w.t(), parts).transpose(1, 2).contiguous()
+
+
+def _rows_mm(x, w):
+    """x (B, K) @ w^T, a weight in row parts (P, n, K) -> (B, P * n): the output layer's product.
+
+    Each output is the dot product of one contiguous weight row with x. The output layer is most of
+    what a token reads (V x E, far beyond the caches), and in this layout, with a few parts per
+    thread, it is read as fast as a plain sum over it (two AVX2 cores, V=50257, E=256: 39-42 GB/s
+    with 2-8 parts against 38 GB/s for the sum; 35 GB/s as _parts' column blocks, 24 GB/s as one
+    x @ W^T, 10 GB/s with torch.mv, F.linear, or this layout in a single part). The blocks' small
+    products keep _parts' layout, which is the faster one for them (measured)."""
+    P, n, K = w.shape
+    B = x.size(0)
+    y = torch.bmm(w, x.t().unsqueeze(0).expand(P, K, B))  # (P, n, B)
+    return y.permute(2, 0, 1).reshape(B, P * n)  # a view at batch 1
+
+
 def _rope1(x, cos, sin):
     """apply_rope for one position: x (B, H, hd), cos and sin (hd/2,)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -148,7 +178,7 @@ def fast_step_one(model: TransformerModel, idx, state: FastState):
         state.tokens = torch.cat([state.tokens, idx], dim=1)
         if state.norm_f is not None:
             x = F.rms_norm(x, (E,), state.norm_f, eps)
-        return _mm(x, state.head)[:, :state.vocab]  # (B, V)
+        return _rows_mm(x, state.head)[:, :state.vocab]  # (B, V)
     finally:
         torch.set_num_threads(threads)
 
@@ -291,4 +321,4 @@ def static_step_one(model: TransformerModel, idx, state: FastState, pos):
             x = _mm(F.gelu(_mm(F.rms_norm(x, (E,), n2, eps), fc_t)), mproj_t, x)
     if state.norm_f is not None:
         x = F.rms_norm(x, (E,), state.norm_f, eps)
-    return _mm(x, state.head)[:, :state.vocab]  # (B, V)
+    return _rows_mm(x, state.head)[:, :state.vocab]  # (B, V)
