@@ -128,8 +128,10 @@ HEAD_PARTS_PER_THREAD = 4  # the output layer's row parts per thread (see _rows_
 
 def _rows(w, parts):
     """A Linear's (N, K) weight as `parts` blocks of whole rows, stacked (P, ceil(N/P), K), the last
-    padded with zero rows: _parts' column blocks of w^T, each transposed back. See _rows_mm."""
-    return _parts(w.t(), parts).transpose(1, 2).contiguous()
+    padded with zero rows: one copy, the padded weight viewed in blocks. See _rows_mm."""
+    N, K = w.shape
+    n = -(-N // parts)
+    return F.pad(w, (0, 0, 0, parts * n - N)).view(parts, n, K)
 
 
 def _rows_mm(x, w):
