@@ -233,6 +233,20 @@ def check_threads() -> Check:
     return Check("threads", True, detail)
 
 
+def check_decode() -> Check:
+    """Whether generation at batch 1 runs the compiled decode step (models/decode_native.c) here."""
+    try:
+        decode_native = importlib.import_module("picollm_helpers.models.decode_native")
+        line = decode_native.status()
+    except ImportError as e:
+        return Check("decode", False, f"the kit does not import ({e})", "`make setup`")
+    if line.startswith("on"):
+        return Check("decode", True, line)
+    return Check("decode", None, line + " (same tokens; on a GPT-2-vocabulary model about 1.4x slower per token)",
+                 "install a C compiler with OpenMP (Debian/Ubuntu: `apt install gcc`; macOS: "
+                 "`xcode-select --install`)" if line.startswith("unavailable") else "")
+
+
 def _memory_gb() -> tuple[float | None, float | None]:
     """(total, available) in GB: /proc/meminfo (and a cgroup limit below it), else sysconf."""
     total = available = None
@@ -449,7 +463,7 @@ def check_speed() -> Check:
     return Check("speed", True, detail)
 
 
-CHECKS = (check_python, check_torch, check_kit, check_packages, check_threads, check_memory, check_device,
+CHECKS = (check_python, check_torch, check_kit, check_packages, check_threads, check_decode, check_memory, check_device,
           check_tokenizer, check_3seqs, check_tinystories, check_wiki, check_widgets, check_speed)
 
 

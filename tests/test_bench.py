@@ -122,6 +122,20 @@ def test_steady_rate_leaves_the_first_epoch_out():
     assert rate == 1000 and warmup == 4.0  # the first epoch took 4 s longer than its tokens needed
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "eager"])
+def test_quick_decode_times_the_fast_eager_and_readable_steps_on_the_same_tokens(native, monkeypatch, capsys):
+    from picollm_helpers.bench import quick
+    from picollm_helpers.models import decode_native
+    if not native:
+        monkeypatch.setenv(decode_native.ENV, "0")
+    out = quick.bench_decode_quick({}, new_tokens=6, repeat=1, shape=dict(V=301, E=32, L=2, H=4))
+    printed = capsys.readouterr().out
+    assert out["decode_identical"] and "the same 6 tokens" in printed
+    assert out["decode_met"] == (out["decode_ratio"] <= quick.DECODE_TARGET) and out["decode_weight_read_s"] > 0
+    assert ("MET" if out["decode_met"] else "MISSED") in printed and "eager fast step" in printed
+    assert out["decode_native"].startswith("on" if native else "off") and out["decode_native"] in printed
+
+
 def test_quick_predicts_each_lessons_minutes_from_its_record_and_the_step_ratio(tmp_path):
     from picollm_helpers.bench import quick
     for name, profile, wall, plot in [("04_transformer", "laptop", 200.0, 1.0),

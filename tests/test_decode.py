@@ -1,10 +1,14 @@
 """The fast decode step (models/decode.py) computes what the readable KV-cache step and uncached
-generation compute: the same logits up to float rounding and the same tokens, in every mode."""
+generation compute: the same logits up to float rounding and the same tokens, in every mode; at
+batch 1 both as decode_native.c's compiled step (tests/test_decode_native.py tests it alone) and
+as the eager step it replaces."""
+
+import contextlib
 
 import pytest
 import torch
 
-from picollm_helpers.models import TransformerModel, decode
+from picollm_helpers.models import TransformerModel, decode, decode_native
 from picollm_helpers.models.decode import FastState, decode_fn, fast_step_one, static_step_one
 from picollm_helpers.sampling import generate
 
@@ -30,12 +34,15 @@ SHAPES = [dict(), dict(pos_emb="none"), dict(pos_emb="sinusoidal", embed_scale=T
           dict(embed_size=48, n_heads=6, n_blocks=3, block_size=24, mlp_ratio=2)]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "eager"])
 @pytest.mark.parametrize("kw", SHAPES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
 @pytest.mark.parametrize("new", [5, 11, 30])  # inside the window, filling it exactly, sliding past it
-def test_fast_readable_and_uncached_generation_give_the_same_greedy_tokens(kw, new):
+def test_fast_readable_and_uncached_generation_give_the_same_greedy_tokens(kw, new, native):
     model = make(**kw)
     prompt = [3, 14, 15, 9, 26]
-    fast = generate(model, None, prompt, new, greedy=True).new_ids
+    with contextlib.nullcontext() if native else decode_native.disabled():
+        assert (decode_fn(model, 1)[1].native is not None) == native
+        fast = generate(model, None, prompt, new, greedy=True).new_ids
     readable = generate(model, None, prompt, new, greedy=True, fast=False).new_ids
     uncached = generate(model, None, prompt, new, greedy=True, use_cache=False).new_ids
     assert len(fast) == new and fast == readable == uncached
@@ -51,11 +58,12 @@ def test_products_split_over_threads_give_the_same_tokens(kw, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # two parts, also on a one-core runner
     try:
-        _, state = decode_fn(model, 1)
-        assert state.threads == 2 and state.layers[0][1].shape[0] == 2
-        assert state.head.shape[0] == 2 * decode.HEAD_PARTS_PER_THREAD  # 8 row parts of 13: 7 rows of padding
-        prompt = [3, 14, 15, 9, 26]
-        fast = generate(model, None, prompt, 30, greedy=True).new_ids
+        with decode_native.disabled():  # the eager step (test_decode_native.py splits the compiled one)
+            _, state = decode_fn(model, 1)
+            assert state.threads == 2 and state.layers[0][1].shape[0] == 2
+            assert state.head.shape[0] == 2 * decode.HEAD_PARTS_PER_THREAD  # 8 row parts of 13: 7 rows of padding
+            prompt = [3, 14, 15, 9, 26]
+            fast = generate(model, None, prompt, 30, greedy=True).new_ids
         assert fast == generate(model, None, prompt, 30, greedy=True, fast=False).new_ids
         assert fast == generate(model, None, prompt, 30, greedy=True, use_cache=False).new_ids
         assert len(set(fast)) > 1

@@ -12,7 +12,7 @@ import torch
 from picollm_helpers import doctor
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = ["Python", "torch", "kit", "packages", "threads", "memory", "device", "tokenizer", "3seqs", "TinyStories",
+ITEMS = ["Python", "torch", "kit", "packages", "threads", "decode", "memory", "device", "tokenizer", "3seqs", "TinyStories",
          "WikiText", "widgets", "speed"]
 
 

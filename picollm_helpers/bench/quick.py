@@ -29,7 +29,8 @@ import torch
 
 from ..config import cache_dir
 from ..files import write_text
-from ..models.decode import HEAD_PARTS_PER_THREAD
+from ..models import decode_native
+from ..models.decode import decode_threads
 from ..results import cpu_info, results_dir
 from ..sampling import generate
 from ..timing import cpu_ticks, flop_params, read_bandwidth_fn, steal_share, timeit_rounds, train_flops_per_token
@@ -78,61 +79,62 @@ def bench_laptop_step(results, repeat=15):
     return {"laptop_step_tokens_per_s": row.tokens_per_s, "laptop_step_mfu": row.mfu, "peak_fp32": row.peak}
 
 
-def bench_decode_quick(results, new_tokens=96, repeat=5):
-    """Greedy generation at batch 1 (GPT-shaped model, V=50257): ms per token with the fast step and
-    with the readable one, against reading the weights once, all timed in the same rounds.
+def bench_decode_quick(results, new_tokens=96, repeat=5, shape=None):
+    """Greedy generation at batch 1 (GPT-shaped model, V=50257): ms per token with the fast step
+    (decode_native.c where it builds here), with the eager fast step and with the readable one,
+    against reading the weights once, all timed in the same rounds.
 
     A token's time is (time for new_tokens + 1 tokens - time for 1) / new_tokens: the setup both
     calls share (preparing the weights, the prompt) cancels, and its noise is shared out over
     new_tokens tokens. The share of CPU time the hypervisor took meanwhile (steal) is printed where
-    the system reports it: the fast step's two threads wait for each other many times per token,
-    so steal slows it more than the one long read it is compared with."""
-    g = GPT
+    the system reports it: the fast step's threads wait for each other several times per token, so
+    steal slows it more than the one long read it is compared with."""
+    g = shape or GPT
     model = _gpt(g["V"], g["E"], g["L"], g["H"], 512, "cpu").eval()
     prompt = list(range(16))
+    native = decode_native.status()
     fast = generate(model, None, prompt, new_tokens, greedy=True).new_ids
+    with decode_native.disabled():
+        eager = generate(model, None, prompt, new_tokens, greedy=True).new_ids
     readable = generate(model, None, prompt, new_tokens, greedy=True, fast=False).new_ids
     uncached = generate(model, None, prompt, new_tokens, greedy=True, use_cache=False).new_ids
-    same = fast == readable == uncached and len(fast) == new_tokens
+    same = fast == eager == readable == uncached and len(fast) == new_tokens
     read, nbytes = read_bandwidth_fn("cpu")
-    threads = torch.get_num_threads()
+    threads = decode_threads(model, 1)
 
-    def on_one_thread(n):
-        torch.set_num_threads(1)
-        try:
+    def eager_step(n):
+        with decode_native.disabled():
             generate(model, None, prompt, n, greedy=True)
-        finally:
-            torch.set_num_threads(threads)
     fns = {"fast": lambda: generate(model, None, prompt, new_tokens + 1, greedy=True),
            "fast1": lambda: generate(model, None, prompt, 1, greedy=True),
+           "eager": lambda: eager_step(new_tokens + 1), "eager1": lambda: eager_step(1),
            "readable": lambda: generate(model, None, prompt, new_tokens + 1, greedy=True, fast=False),
            "readable1": lambda: generate(model, None, prompt, 1, greedy=True, fast=False),
            "read": read}
-    if threads > 1:  # the fast step splits its products over the threads: what one thread does instead
-        fns.update(one_thread=lambda: on_one_thread(new_tokens + 1), one_thread1=lambda: on_one_thread(1))
     ticks = cpu_ticks()
     times, _ = timeit_rounds(fns, warmup=1, repeat=repeat)
     steal = steal_share(ticks, cpu_ticks())
     weights_s = flop_params(model) * 4 * times["read"] / nbytes
-    per_token = {k: (times[k] - times[k + "1"]) / new_tokens for k in ("fast", "readable", "one_thread")
-                 if k in times}
+    per_token = {k: (times[k] - times[k + "1"]) / new_tokens for k in ("fast", "eager", "readable")}
     ratio = per_token["fast"] / weights_s
     verdict = "MET" if ratio <= DECODE_TARGET and same else "MISSED"
-    print(f"generation: greedy, batch 1, KV cache (E={g['E']}, L={g['L']}, H={g['H']}, V={g['V']}): fast step "
-          f"{per_token['fast'] * 1e3:.2f} ms/token, readable step {per_token['readable'] * 1e3:.2f} ms/token; reading "
+    print(f"generation: greedy, batch 1, KV cache (E={g['E']}, L={g['L']}, H={g['H']}, V={g['V']}), {threads} "
+          f"thread{'s' if threads > 1 else ''}: fast step {per_token['fast'] * 1e3:.2f} ms/token, eager fast step "
+          f"{per_token['eager'] * 1e3:.2f}, readable step {per_token['readable'] * 1e3:.2f}; reading "
           f"the {flop_params(model) * 4 / 2 ** 20:.0f} MiB of weights once {weights_s * 1e3:.2f} ms "
           f"({nbytes / times['read'] / 1e9:.1f} GB/s, same rounds, medians of {repeat}"
           + (f"; the hypervisor took {steal:.0%} of the CPU time meanwhile" if steal is not None else "") + ")")
-    print(f"  {verdict} {ratio:.2f}x the weight-read time (target <= {DECODE_TARGET}x; readable step "
-          f"{per_token['readable'] / weights_s:.2f}x); fast, readable and uncached generation: "
-          f"{'the same' if same else 'DIFFERENT'} {new_tokens} tokens")
-    if "one_thread" in per_token:
-        print(f"  the fast step on {threads} threads (the blocks' products split in {threads} parts, the output "
-              f"layer's in {threads * HEAD_PARTS_PER_THREAD}); on 1 thread it "
-              f"takes {per_token['one_thread'] * 1e3:.2f} ms/token ({per_token['one_thread'] / weights_s:.2f}x)")
-    return {"decode_ratio": ratio, "decode_readable_ratio": per_token["readable"] / weights_s,
+    print(f"  {verdict} {ratio:.2f}x the weight-read time (target <= {DECODE_TARGET}x; eager fast step "
+          f"{per_token['eager'] / weights_s:.2f}x, readable step {per_token['readable'] / weights_s:.2f}x); fast, "
+          f"eager, readable and uncached generation: {'the same' if same else 'DIFFERENT'} {new_tokens} tokens")
+    print(f"  the fast step's compiled kernel (models/decode_native.c): {native}"
+          + ("; below 1x, part of the weights stayed in the CPU's caches from one token to the next"
+             if ratio < 1 else ""))
+    return {"decode_ratio": ratio, "decode_eager_ratio": per_token["eager"] / weights_s,
+            "decode_readable_ratio": per_token["readable"] / weights_s,
             "decode_s_per_token": per_token["fast"], "decode_weight_read_s": weights_s,
-            "decode_identical": same, "decode_met": verdict == "MET", "decode_steal": steal}
+            "decode_identical": same, "decode_met": verdict == "MET", "decode_steal": steal,
+            "decode_native": native}
 
 
 def lesson_records(folder=None) -> dict:

@@ -22,6 +22,12 @@ half as many, larger operations, from weights prepared once per generation:
   rows, HEAD_PARTS_PER_THREAD per thread, each output a dot product of one contiguous row with the
   hidden state (_rows, _rows_mm): the layout in which it is read as fast as a plain sum over it.
 
+At batch 1 on a CPU, where a C compiler is at hand, even these are too many: the step then runs as
+one compiled call per token, models/decode_native.c (see decode_native.py: the same computation,
+~1.05-1.25x the time to read the weights once where the eager step below takes ~1.45x, on two AVX2
+cores). FastState.native holds it; the eager step below is what runs without it, at batch 2 to 8,
+and under `decode_native.disabled()`.
+
 Anything this step does not cover goes through the readable `model.step` unchanged: the prompt
 (several tokens at once), a full window (block_size positions: the readable step slides it), and a
 model with a hook registered on any hook point (hooks must see the activations they ask for).
@@ -44,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..timing import flop_params
+from .decode_native import NativeStep
 from .transformer import HookPoint, KVCache, TransformerModel, rope_cos_sin, sinusoidal_embedding
 
 
@@ -64,9 +71,17 @@ class FastState(KVCache):
     norm2 weight, fc^T (E, 4E), mlp proj^T (4E, E)); the position table (max_len, E) for learned and
     sinusoidal positions; rope's (cos, sin) tables (max_len, hd/2)."""
 
-    def __init__(self, model: TransformerModel, batch_size, device, dtype, parts=1):
+    def __init__(self, model: TransformerModel, batch_size, device, dtype, parts=1, threads=None, native=True):
         super().__init__(model.n_blocks, batch_size, model.n_heads, model.block_size, model.head_dim,
                          device, dtype, head_t=model.lm_head.transposed(device, dtype))
+        self.threads = threads      # run the fast step on this many threads (None: the caller's)
+        self.compiled = None        # a compiled static_step_one, or None: the eager fast step
+        self.vocab = model.vocab_size
+        # batch 1 on a CPU: decode_native.c's one call per token, where it can be built (see decode_native)
+        self.native = NativeStep.create(model, self, threads or 1) \
+            if native and NativeStep.supports(model, batch_size, dtype) else None
+        if self.native is not None:
+            return  # it reads the model's weights in place: none of the tables below
 
         mats = [m.weight for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
         block_parts = parts if all(m.size(0) % parts == 0 for m in mats) else 1  # residual adds need whole parts
@@ -89,9 +104,6 @@ class FastState(KVCache):
         self.wte = w(model.wte.weight)
         self.head = _rows(model.lm_head.weight.detach().to(device=device, dtype=dtype),
                           HEAD_PARTS_PER_THREAD * parts)  # (P, V/P, E): the output layer, in row parts
-        self.vocab = model.vocab_size
-        self.threads = None         # run the fast step on this many threads (None: the caller's)
-        self.compiled = None        # a compiled static_step_one, or None: the eager fast step
 
 
 def _parts(w_t, parts):
@@ -158,7 +170,13 @@ def _rope1(x, cos, sin):
 def fast_step_one(model: TransformerModel, idx, state: FastState):
     """One new token per sequence, idx (B, 1), at position state.pos < max_len -> logits (B, V).
 
-    The same computation as model.step(idx, state) for that case, in fewer operations."""
+    The same computation as model.step(idx, state) for that case, in fewer operations: one call of
+    decode_native.c where the state holds it (batch 1 on a CPU), else the eager step below."""
+    if state.native is not None:
+        logits = state.native.step(int(idx[0, 0]), state.pos)
+        state.advance(1)
+        state.tokens = torch.cat([state.tokens, idx], dim=1)
+        return logits
     B = idx.size(0)
     E, H, hd = model.embed_size, model.n_heads, model.head_dim
     pos = state.pos
@@ -271,8 +289,7 @@ def decode_fn(model, batch_size, fast=True, compile=False):
         return model.step, model.init_state(batch_size)
     w = model.wte.weight
     threads = decode_threads(model, batch_size)
-    state = FastState(model, batch_size, w.device, w.dtype, parts=threads or 1)
-    state.threads = threads
+    state = FastState(model, batch_size, w.device, w.dtype, parts=threads or 1, threads=threads, native=not compile)
     if compile:
         state.compiled = _compiled_static_step()
 
