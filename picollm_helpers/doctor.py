@@ -240,7 +240,7 @@ def check_decode() -> Check:
         line = decode_native.status()
     except ImportError as e:
         return Check("decode", False, f"the kit does not import ({e})", "`make setup`")
-    if line.startswith("on"):
+    if line.startswith("compiled"):
         return Check("decode", True, line)
     return Check("decode", None, line + " (same tokens; on a GPT-2-vocabulary model about 1.4x slower per token)",
                  "install a C compiler with OpenMP (Debian/Ubuntu: `apt install gcc`; macOS: "

@@ -133,7 +133,7 @@ def test_quick_decode_times_the_fast_eager_and_readable_steps_on_the_same_tokens
     assert out["decode_identical"] and "the same 6 tokens" in printed
     assert out["decode_met"] == (out["decode_ratio"] <= quick.DECODE_TARGET) and out["decode_weight_read_s"] > 0
     assert ("MET" if out["decode_met"] else "MISSED") in printed and "eager fast step" in printed
-    assert out["decode_native"].startswith("on" if native else "off") and out["decode_native"] in printed
+    assert out["decode_native"].startswith("compiled" if native else "off") and out["decode_native"] in printed
 
 
 def test_quick_predicts_each_lessons_minutes_from_its_record_and_the_step_ratio(tmp_path):

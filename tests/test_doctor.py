@@ -12,8 +12,8 @@ import torch
 from picollm_helpers import doctor
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = ["Python", "torch", "kit", "packages", "threads", "decode", "memory", "device", "tokenizer", "3seqs", "TinyStories",
-         "WikiText", "widgets", "speed"]
+ITEMS = ["Python", "torch", "kit", "packages", "threads", "decode", "memory", "device", "tokenizer", "3seqs",
+         "TinyStories", "WikiText", "widgets", "speed"]
 
 
 @pytest.fixture

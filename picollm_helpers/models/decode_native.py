@@ -10,8 +10,8 @@ for that model: about 1.15x the weight-read time (`python -m picollm_helpers.ben
 
 How. `library()` compiles decode_native.c with the system's C compiler (cc, or $CC) into the kit's
 cache folder, once per source, flags and compiler: about half a second. The vector instructions
-follow torch's CPU capability (AVX2 -> -mavx2 -mfma, AVX512 -> -march=native), so a limit set with
-ATEN_CPU_CAPABILITY holds here too; OpenMP (-fopenmp) runs it on several threads, and it shares
+follow torch's CPU capability (AVX2 or AVX512 -> -mavx2 -mfma; none beyond the baseline where it is
+lower, or set lower with ATEN_CPU_CAPABILITY); OpenMP (-fopenmp) runs it on several threads, and it shares
 torch's own OpenMP runtime (the same libgomp.so.1). ctypes calls it, with the GIL released.
 
 Where it applies: what `NativeStep.supports` accepts (batch 1, float32 weights on the CPU; any
@@ -78,16 +78,14 @@ def disabled():
 
 
 def compile_flags(capability=None, machine=None, openmp=True) -> list:
-    """The compiler's flags: optimisation, the vector instructions torch's CPU capability allows
-    (AVX2 -> -mavx2 -mfma; AVX512 or more -> -march=native, this machine's own), OpenMP."""
+    """The compiler's flags: optimisation; on x86 where torch's CPU capability is AVX2 or more, AVX2
+    and FMA (AVX-512 measured no faster: the step is limited by reading memory, and naming the
+    instructions, not -march=native, keeps a library built on one CPU safe on another); OpenMP."""
     capability = (capability or torch.backends.cpu.get_cpu_capability()).upper()
     machine = (machine or platform.machine()).lower()
     flags = ["-O3", "-fPIC", "-shared"]
-    if machine in ("x86_64", "amd64"):
-        if capability.startswith("AVX512"):
-            flags.append("-march=native")
-        elif capability == "AVX2":
-            flags += ["-mavx2", "-mfma"]
+    if machine in ("x86_64", "amd64") and capability.startswith(("AVX2", "AVX512")):
+        flags += ["-mavx2", "-mfma"]
     return flags + (["-fopenmp"] if openmp else [])
 
 
@@ -159,11 +157,11 @@ def library():
 def status() -> str:
     """One line: whether generation at batch 1 runs the compiled step here, and if not, why."""
     if not enabled():
-        return f"off ({ENV}=0 or disabled())"
+        return f"off ({ENV}=0 or disabled()): generation takes the eager fast step"
     lib = library()
     if lib is None:
         return f"unavailable: {_LIB['why']}; generation takes the eager fast step"
-    return (f"on: generation at batch 1 runs models/decode_native.c, compiled here ({_LIB['path'].name}, "
+    return (f"compiled: generation at batch 1 runs models/decode_native.c ({_LIB['path'].name}, "
             + ("OpenMP)" if lib.pico_openmp() else "without OpenMP: on one thread only)"))
 
 
