@@ -23,6 +23,8 @@ SHAPES = {
     "tied": dict(tie_weights=True),
     # odd sizes: 3 heads of 10, an MLP of 90, V = 97: no split over threads comes out even
     "odd": dict(embed_size=30, n_heads=3, mlp_ratio=3, pos_emb="rope"),
+    "one head": dict(n_heads=1, pos_emb="rope"),  # q, k, v of one head: 3 E floats of scratch
+    "two heads": dict(n_heads=2, use_post_norm=True),
 }
 
 

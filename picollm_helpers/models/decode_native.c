@@ -5,15 +5,18 @@
    positions, the output projection, RMSNorm, the MLP with exact GELU, the residual adds; the final
    norm; the logits. decode_native.py builds this file with the system's C compiler and explains
    why it exists: at batch 1 a token's arithmetic is small and reading the weights is what it should
-   cost, but ~100 separate torch operations each pay a fixed cost (Python, the dispatcher, a fork
-   and join of the thread pool), and here they cost more than the reading. One call runs one OpenMP
-   parallel region per token, the threads meeting at four barriers per block.
+   cost, but the ~50 torch operations of decode.py's eager step each pay a fixed cost (Python, the
+   dispatcher, a fork and join of the thread pool), and together they cost about half as much again
+   as the reading. One call runs one OpenMP parallel region per token, the threads meeting at four
+   barriers per block.
 
    Work split over the threads: attention by heads (each thread computes the q, k, v of its own
    heads, so no barrier sits between the qkv product and attention); every other product by rows of
    its weight, each output a dot product of one contiguous weight row with a vector (the layout in
    which the weights are read fastest). Norms need the whole vector: each thread computes them
-   itself, into its own scratch, rather than waiting for one thread to do it.
+   itself, into its own scratch, rather than waiting for one thread to do it. An output layer far
+   beyond the caches is prefetched with the non-temporal hint (rows_dot's stream), so that reading it
+   does not evict the blocks' weights, which the next token reads again.
 
    Weights are the model's own tensors (nn.Linear's (out, in), row-major), read in place: nothing is
    copied per generation. All float32. */
@@ -37,8 +40,12 @@ typedef struct {
     const float *norm_f;             /* (E,) or NULL (post-norm models end in their last block's norm) */
     const float *head;               /* (V, E) */
     float *x, *y, *hid, *logits;     /* shared scratch: (E,), (E,), (F,), (V,) */
-    float *priv;                     /* per thread: 3 * E + max_len floats */
+    float *priv;                     /* per thread: PRIV_FLOATS(m) floats */
 } pico_model;
+
+/* Each thread's scratch: the residual it adds to (E), a norm's output (E), one head's q, k, v (3 hd),
+   its attention scores (max_len). */
+#define PRIV_FLOATS(m) (2 * (size_t)(m)->E + 3 * (size_t)(m)->hd + (size_t)(m)->max_len)
 
 /* s[r] = dot(w row r, v) for 4 consecutive rows: four independent sums keep the FMA units busy. */
 static inline void dot4(const float *w, const float *v, int K, float *s)
@@ -178,8 +185,8 @@ int pico_step(const pico_model *m, long token, int pos, int threads)
         const int t = 0, nt = 1;
         (void)threads;
 #endif
-        float *base = m->priv + (size_t)t * (3 * E + m->max_len);
-        float *in = base + E, *qkv = base + 2 * E, *scores = base + 3 * E;
+        float *base = m->priv + t * PRIV_FLOATS(m);
+        float *in = base + E, *qkv = in + E, *scores = qkv + 3 * m->hd;
         int h0, h1, e0, e1, f0, f1, v0, v1;
         share(m->H, t, nt, 1, &h0, &h1);
         share(E, t, nt, 4, &e0, &e1);

@@ -86,7 +86,7 @@ def compile_flags(capability=None, machine=None, openmp=True) -> list:
     flags = ["-O3", "-fPIC", "-shared"]
     if machine in ("x86_64", "amd64") and capability.startswith(("AVX2", "AVX512")):
         flags += ["-mavx2", "-mfma"]
-    return flags + (["-fopenmp"] if openmp else [])
+    return flags + (["-fopenmp"] if openmp else ["-fopenmp-simd"])  # (simd: the vectorised sums alone)
 
 
 def _compiler():
@@ -223,7 +223,8 @@ class NativeStep:
                                                                                               torch.float32))
         if not model.use_post_norm:
             tables["norm_f"] = t(model.norm_f.weight)
-        scratch = {"x": E, "y": E, "hid": F, "priv": threads * (3 * E + state.max_len)}
+        priv = 2 * E + 3 * model.head_dim + state.max_len  # each thread's scratch: PRIV_FLOATS in the C file
+        scratch = {"x": E, "y": E, "hid": F, "priv": threads * priv}
         tables.update({k: torch.zeros(n) for k, n in scratch.items()})
         for name, x in tables.items():
             setattr(m, name, x.data_ptr())
