@@ -24,8 +24,8 @@ half as many, larger operations, from weights prepared once per generation:
 
 At batch 1 on a CPU, where a C compiler is at hand, even these are too many: the step then runs as
 one compiled call per token, models/decode_native.c (see decode_native.py: the same computation,
-~1.05-1.25x the time to read the weights once where the eager step below takes ~1.45x, on two AVX2
-cores). FastState.native holds it; the eager step below is what runs without it, at batch 2 to 8,
+0.84-0.91x the time to read the weights once where the eager step below takes 1.3-1.9x, on two
+AVX2 cores). FastState.native holds it; the eager step below is what runs without it, at batch 2 to 8,
 and under `decode_native.disabled()`.
 
 Anything this step does not cover goes through the readable `model.step` unchanged: the prompt

@@ -4,9 +4,11 @@ Why. At batch 1 a token's arithmetic is small: what it must cost is reading the 
 the benchmark's 61 MiB model, ~1.4 ms on two AVX2 cores). decode.py's eager fast step computes it
 with ~50 torch operations per token, and each pays a fixed cost (Python, the dispatcher, a fork and
 join of the thread pool, caches flushed by the output layer); on two AVX2 cores that left it at
-~1.45x the weight-read time. decode_native.c does the whole step in one call: one parallel region,
-four barriers per block, every product a run of contiguous weight rows. Measured on two AVX2 cores
-for that model: about 1.15x the weight-read time (`python -m picollm_helpers.bench quick`).
+1.3-1.9x the weight-read time. decode_native.c does the whole step in one call: one parallel region,
+four barriers per block, every product a run of contiguous weight rows, the output layer streamed
+past the caches. Measured on two AVX2 cores for that model, in the same runs: 0.84-0.91x the
+weight-read time (`python -m picollm_helpers.bench quick`; below 1x because the blocks' weights stay
+cached from one token to the next); for the laptop profile's model, 0.10 ms per token against 0.33.
 
 How. `library()` compiles decode_native.c with the system's C compiler (cc, or $CC) into the kit's
 cache folder, once per source, flags and compiler: about half a second. The vector instructions
