@@ -218,6 +218,12 @@ int pico_step(const pico_model *m, long token, int pos, int threads)
     return 0;
 }
 
+/* How many floats of scratch each thread needs (m->priv holds threads times this). */
+size_t pico_priv_floats(const pico_model *m)
+{
+    return PRIV_FLOATS(m);
+}
+
 /* 1 when built with OpenMP (the step can run on several threads), else 0. */
 int pico_openmp(void)
 {
